@@ -1,2 +1,19 @@
-"""kcnn: convolutional-network architectures and transfer learning for Keras 3."""
+"""kcnn: convolutional-network architectures and transfer learning for Keras 3.
+
+    >>> import kcnn
+    >>> kcnn.list_models()[:3]
+    ['allcnn_a', 'allcnn_b', 'allcnn_c']
+    >>> model = kcnn.build("resnet20", classes=10)
+"""
 __version__ = "0.1.0"
+
+from kcnn import layers, models  # noqa: E402,F401
+from kcnn.registry import build, get_entry, list_models, register_model  # noqa: E402,F401
+from kcnn.weights import WeightsError  # noqa: E402,F401
+
+try:  # conv arithmetic lives in kcnn.shapes
+    from kcnn.shapes import (  # noqa: F401
+        conv_output_size, count_macs, padding_for, receptive_field, same_padding, summary,
+    )
+except ImportError:  # pragma: no cover - only while shapes.py is being written
+    pass

@@ -1,0 +1,171 @@
+"""ResNets (He et al. 2015): ImageNet ResNet-18/34/50/101/152 and CIFAR ResNet-20/32/44/56/110.
+
+* ResNet-50/101/152 without kcnn options reproduce keras.applications' ResNet50/101/152 (v1, conv biases):
+  same parameter count, layer names (``conv4_block3_2_bn``) and weight order, so its ImageNet files load.
+* ResNet-18/34 follow torchvision's parameterisation: bias-free convs + batch norm, symmetric padding.
+* CIFAR ResNets follow section 4.2 of the paper: a 3x3 stem, three stages of 16/32/64 filters with
+  (depth - 2) / 6 basic blocks each, shortcut option "A" (zero-padded identity, the paper's default) or "B"
+  (1x1 projection when the shape changes).
+
+Reference: He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (arXiv:1512.03385).
+"""
+from __future__ import annotations
+
+from kcnn import layers as kl
+from kcnn.models._common import check_options, finish, make_input
+from kcnn.registry import register_model
+
+#: ImageNet ResNets: block type and blocks per stage (conv2..conv5).
+IMAGENET_RESNETS = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+#: CIFAR ResNets: depth -> basic blocks per stage, n = (depth - 2) / 6.
+CIFAR_RESNETS = {f"resnet{d}": (d - 2) // 6 for d in (20, 32, 44, 56, 110)}
+
+
+def basic_block(x, filters, strides=1, *, name, norm="batch", spatial_dropout=0.0, use_bias=None, shortcut="B"):
+    """Two 3x3 convs with a shortcut (ResNet-18/34 and the CIFAR nets)."""
+    changes = strides != 1 or x.shape[-1] != filters
+    if changes and shortcut == "A":
+        short = kl.zero_pad_shortcut(x, filters, strides, name=f"{name}_0")
+    elif changes:
+        short = kl.conv_block(x, filters, 1, strides, name=f"{name}_0", norm=norm, activation=None,
+                              use_bias=use_bias)
+    else:
+        short = x
+    y = kl.conv_block(x, filters, 3, strides, name=f"{name}_1", norm=norm, use_bias=use_bias,
+                      spatial_dropout=spatial_dropout, pad=1 if strides != 1 else None)
+    y = kl.conv_block(y, filters, 3, name=f"{name}_2", norm=norm, activation=None, use_bias=use_bias)
+    y = kl.layers.Add(name=f"{name}_add")([short, y])
+    return kl.layers.Activation("relu", name=f"{name}_out")(y)
+
+
+def bottleneck_block(x, filters, strides=1, *, name, norm="batch", spatial_dropout=0.0, use_bias=True,
+                     conv_shortcut=True):
+    """1x1 -> 3x3 -> 1x1 (x4 expansion) with the stride on the first 1x1, as keras.applications' ResNet v1."""
+    if conv_shortcut:
+        short = kl.conv_block(x, 4 * filters, 1, strides, name=f"{name}_0", norm=norm, activation=None,
+                              use_bias=use_bias)
+    else:
+        short = x
+    y = kl.conv_block(x, filters, 1, strides, name=f"{name}_1", norm=norm, use_bias=use_bias,
+                      spatial_dropout=spatial_dropout)
+    y = kl.conv_block(y, filters, 3, name=f"{name}_2", norm=norm, use_bias=use_bias,
+                      spatial_dropout=spatial_dropout)
+    y = kl.conv_block(y, 4 * filters, 1, name=f"{name}_3", norm=norm, activation=None, use_bias=use_bias)
+    y = kl.layers.Add(name=f"{name}_add")([short, y])
+    return kl.layers.Activation("relu", name=f"{name}_out")(y)
+
+
+def _imagenet_resnet(arch, *, input_shape=None, classes=1000, include_top=True, pooling=None,
+                     classifier_activation="softmax", weights=None, name=None, norm="batch", spatial_dropout=0.0,
+                     dropout=0.0, head="gap", fc_units=(), input_tensor=None):
+    kind, depths = IMAGENET_RESNETS[arch]
+    stock = norm == "batch" and not spatial_dropout and not dropout and head == "gap" and not tuple(fc_units)
+    check_options(arch, classes=classes, weights=weights, include_top=include_top,
+                  imagenet_ok=stock and kind == "bottleneck",
+                  kcnn_options=dict(norm=norm, spatial_dropout=spatial_dropout, dropout=dropout, head=head))
+    inputs, x = make_input(arch, input_shape, (224, 224, 3), 32, input_tensor)
+    # keras.applications' v1 nets keep conv biases before BN; torchvision's 18/34 are bias-free.
+    use_bias = True if (kind == "bottleneck" or norm is None) else False
+    x = kl.conv_block(x, 64, 7, 2, name="conv1", norm=norm, use_bias=use_bias, pad=3)
+    x = kl.layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = kl.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    for stage, (blocks, filters) in enumerate(zip(depths, (64, 128, 256, 512)), start=2):
+        for b in range(1, blocks + 1):
+            strides = 2 if (b == 1 and stage > 2) else 1
+            block_name = f"conv{stage}_block{b}"
+            if kind == "bottleneck":
+                x = bottleneck_block(x, filters, strides, name=block_name, norm=norm, use_bias=use_bias,
+                                     spatial_dropout=spatial_dropout, conv_shortcut=b == 1)
+            else:
+                x = basic_block(x, filters, strides, name=block_name, norm=norm, use_bias=use_bias,
+                                spatial_dropout=spatial_dropout)
+    x = kl.classifier_head(x, classes, include_top=include_top, pooling=pooling, head=head, fc_units=fc_units,
+                           dropout=dropout, classifier_activation=classifier_activation)
+    return finish(inputs, x, name or arch, arch, weights, include_top)
+
+
+def _cifar_resnet(arch, *, input_shape=None, classes=10, include_top=True, pooling=None,
+                  classifier_activation="softmax", weights=None, name=None, norm="batch", spatial_dropout=0.0,
+                  dropout=0.0, head="gap", fc_units=(), shortcut="A", input_tensor=None):
+    n = CIFAR_RESNETS[arch]
+    check_options(arch, classes=classes, weights=weights, include_top=include_top, imagenet_ok=False,
+                  kcnn_options=dict(norm=norm, spatial_dropout=spatial_dropout, dropout=dropout, head=head))
+    kl.check_choice("shortcut", shortcut, ("A", "B"))
+    inputs, x = make_input(arch, input_shape, (32, 32, 3), 8, input_tensor)
+    x = kl.conv_block(x, 16, 3, name="conv1", norm=norm)
+    for stage, filters in enumerate((16, 32, 64), start=2):
+        for b in range(1, n + 1):
+            strides = 2 if (b == 1 and stage > 2) else 1
+            x = basic_block(x, filters, strides, name=f"conv{stage}_block{b}", norm=norm,
+                            spatial_dropout=spatial_dropout, shortcut=shortcut)
+    x = kl.classifier_head(x, classes, include_top=include_top, pooling=pooling, head=head, fc_units=fc_units,
+                           dropout=dropout, classifier_activation=classifier_activation)
+    return finish(inputs, x, name or arch, arch, weights, include_top)
+
+
+_ARGS_DOC = """
+    Args:
+        input_shape: (H, W, C); default {shape}; any size >= {min_size} px.
+        classes: Number of classes (default {classes}).
+        include_top: Whether to include the classifier head.
+        pooling: None | "avg" | "max" when include_top=False.
+        classifier_activation: Activation of the last layer.
+        weights: None, {imagenet}or a weights file path.
+        name: Model name.
+        norm: "batch" (default) or None.
+        spatial_dropout: SpatialDropout2D rate after each activated conv inside the blocks.
+        dropout: Dropout after hidden fully connected layers of the head.
+        head: "gap" (default), "dense" or "conv".
+        fc_units: Hidden fully connected widths (default none).{extra}
+
+    Returns:
+        A keras.Model.
+
+    Example:
+        >>> model = kcnn.models.{arch}({example})
+"""
+
+
+def _imagenet_entry(arch):
+    def builder(**kwargs):
+        return _imagenet_resnet(arch, **kwargs)
+
+    kind, depths = IMAGENET_RESNETS[arch]
+    builder.__name__ = arch
+    builder.__doc__ = f"ImageNet ResNet-{arch[6:]} ({kind} blocks {depths}).\n" + _ARGS_DOC.format(
+        shape="(224, 224, 3)", min_size=32, classes=1000, arch=arch, extra="",
+        imagenet="'imagenet' (stock configuration), " if kind == "bottleneck" else "",
+        example="weights=None, classes=10, input_shape=(64, 64, 3)")
+    return register_model(family="resnet", default_input_shape=(224, 224, 3), min_size=32, default_classes=1000,
+                          blocks=("conv1", "conv2", "conv3", "conv4", "conv5"))(builder)
+
+
+def _cifar_entry(arch):
+    def builder(**kwargs):
+        return _cifar_resnet(arch, **kwargs)
+
+    builder.__name__ = arch
+    builder.__doc__ = f"CIFAR ResNet-{arch[6:]} ({CIFAR_RESNETS[arch]} basic blocks per stage).\n" + \
+        _ARGS_DOC.format(shape="(32, 32, 3)", min_size=8, classes=10, arch=arch, imagenet="",
+                         extra='\n        shortcut: "A" (zero-padded identity, default) or "B" (1x1 projection).',
+                         example="classes=10")
+    return register_model(family="cifar_resnet", default_input_shape=(32, 32, 3), min_size=8, default_classes=10,
+                          blocks=("conv1", "conv2", "conv3", "conv4"))(builder)
+
+
+resnet18 = _imagenet_entry("resnet18")
+resnet34 = _imagenet_entry("resnet34")
+resnet50 = _imagenet_entry("resnet50")
+resnet101 = _imagenet_entry("resnet101")
+resnet152 = _imagenet_entry("resnet152")
+resnet20 = _cifar_entry("resnet20")
+resnet32 = _cifar_entry("resnet32")
+resnet44 = _cifar_entry("resnet44")
+resnet56 = _cifar_entry("resnet56")
+resnet110 = _cifar_entry("resnet110")
