@@ -11,9 +11,6 @@ from kcnn import layers, models  # noqa: E402,F401
 from kcnn.registry import build, get_entry, list_models, register_model  # noqa: E402,F401
 from kcnn.weights import WeightsError  # noqa: E402,F401
 
-try:  # conv arithmetic lives in kcnn.shapes
-    from kcnn.shapes import (  # noqa: F401
-        conv_output_size, count_macs, padding_for, receptive_field, same_padding, summary,
-    )
-except ImportError:  # pragma: no cover - only while shapes.py is being written
-    pass
+from kcnn.shapes import (  # noqa: E402,F401
+    conv_output_size, count_macs, padding_for, receptive_field, same_padding, summary,
+)
