@@ -1,0 +1,73 @@
+"""Learning curves with phase boundaries, and confusion matrices (matplotlib, headless)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(history: list[dict], path, title: str = "") -> Path:
+    """Plot loss and accuracy per epoch (train and val) with dashed lines where a new phase starts.
+
+    Args:
+        history: Rows with ``epoch`` and optionally ``phase``, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``.
+        path: Output PNG path.
+        title: Figure title.
+
+    Returns:
+        The path written.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [row["epoch"] for row in history]
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
+            values = [row.get(key) for row in history]
+            if any(v not in (None, "") for v in values):
+                ax.plot(epochs, [np.nan if v in (None, "") else float(v) for v in values], style, label=key, ms=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    phases = [row.get("phase") for row in history]
+    for i in range(1, len(history)):
+        if phases[i] != phases[i - 1]:
+            for ax in axes:
+                ax.axvline(epochs[i] - 0.5, color="gray", ls=":", lw=1)
+                ax.text(epochs[i] - 0.45, ax.get_ylim()[1], str(phases[i]), fontsize=7, va="top", color="gray")
+    if history and phases[0] is not None:
+        axes[0].text(epochs[0], axes[0].get_ylim()[1], str(phases[0]), fontsize=7, va="top", color="gray")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def confusion_matrix_plot(matrix, class_names, path, title: str = "confusion matrix") -> Path:
+    """Plot a confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+    matrix = np.asarray(matrix)
+    n = len(class_names)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    if n <= 30:
+        ax.set_xticks(range(n), [str(c) for c in class_names], rotation=90, fontsize=7)
+        ax.set_yticks(range(n), [str(c) for c in class_names], fontsize=7)
+        top = matrix.max() if matrix.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > top / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,97 @@
+"""What every recipe shares: a config dataclass becomes the command line and a TOML config file; errors from the
+library become one line ``error: ...`` on stderr and exit code 2.
+
+Precedence: the dataclass defaults < ``--config FILE.toml`` < command-line options.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Callable
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """Bad input that the recipe itself detects."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _type_of(field: dataclasses.Field):
+    t = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    return t.replace(" ", "")
+
+
+def build_parser(config_cls, prog: str, description: str, positional: tuple = ()) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.toml", help="read any of these options from a TOML file "
+                        "(keys as below, with _ or -); command-line options win")
+    for f in dataclasses.fields(config_cls):
+        help_text = f.metadata.get("help", "")
+        kind = _type_of(f)
+        if f.name in positional:
+            parser.add_argument(f.name, nargs="+" if kind.startswith("list") else None, help=help_text)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_text} (default: {f.default})")
+            continue
+        caster = {"int": int, "float": float, "int|None": int, "float|None": float}.get(kind, str)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        parser.add_argument(flag, type=caster, default=None, metavar=f.metadata.get("metavar", f.name.upper()),
+                            choices=f.metadata.get("choices"), help=f"{help_text} (default: {default})")
+    return parser
+
+
+def parse(config_cls, argv, prog: str, description: str, positional: tuple = ()):
+    """Parse ``argv`` (with an optional TOML --config) into an instance of ``config_cls``."""
+    parser = build_parser(config_cls, prog, description, positional)
+    args = parser.parse_args(argv)
+    values = {}
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise UsageError(f"--config {path}: no such file")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise UsageError(f"--config {path}: not valid TOML ({err})") from None
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise UsageError(f"--config {path}: unknown option {key!r}; valid: {', '.join(sorted(names))}")
+            values[name] = value
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    return config_cls(**values)
+
+
+def run(main_fn: Callable, config_cls, argv, prog: str, description: str, positional: tuple = ()) -> int:
+    """Parse, call ``main_fn(config)``, and turn library errors into ``error: ...`` + exit code 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        config = parse(config_cls, argv, prog, description, positional)
+        result = main_fn(config)
+        return 0 if result is None else int(result)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted; the last finished epoch is saved, rerun with --resume and the same --out",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
