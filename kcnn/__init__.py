@@ -7,7 +7,7 @@
 """
 __version__ = "0.1.0"
 
-from kcnn import layers, models  # noqa: E402,F401
+from kcnn import convert, layers, models  # noqa: E402,F401
 from kcnn.registry import build, get_entry, list_models, register_model  # noqa: E402,F401
 from kcnn.weights import WeightsError  # noqa: E402,F401
 
