@@ -408,13 +408,14 @@ def _positive_int(name: str, value) -> int:
 
 
 def _image_size(image_size) -> tuple[int, int]:
-    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
-        image_size = (image_size, image_size)
-    if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in image_size)):
+    size = image_size
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (size, size)
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size)):
         raise ValueError(f"`image_size` must be a positive int or a (height, width) pair of them. "
                          f"Received: image_size={image_size!r}")
-    return int(image_size[0]), int(image_size[1])
+    return int(size[0]), int(size[1])
 
 
 def _augment_name(augment) -> str | None:
@@ -741,10 +742,10 @@ def _array_parts(source, class_names, size, fractions, seed):
     class_names = [str(c) for c in class_names]
     if y.max() >= len(class_names):
         raise DataError(f"Label {int(y.max())} has no name: {len(class_names)} class_names given.")
-    if x.dtype != np.uint8 and x.size and np.issubdtype(x.dtype, np.floating) and float(np.max(x)) <= 1.0:
+    images = _to_rgb_array(x, size, "x")
+    if np.issubdtype(x.dtype, np.floating) and 0 < float(np.max(x)) <= 1.0:
         warnings.warn("kcnn.data: the (x, y) images are all <= 1.0; kcnn expects values in [0, 255] and uses "
                       "them as given. Multiply by 255 if they were scaled to [0, 1].", stacklevel=3)
-    images = _to_rgb_array(x, size, "x")
     return class_names, _memory_parts(images, y.astype(np.int32), fractions, seed, _as_float)
 
 
