@@ -111,7 +111,7 @@ class _StreamPart(_Part):
     def __init__(self, ds: tf.data.Dataset, num_examples: int, image_size, cache):
         if cache:
             ds = ds.cache("" if cache is True else str(cache))
-        self.ds, self.num_examples = ds, int(num_examples)
+        self.ds, self.num_examples, self.image_size = ds, int(num_examples), tuple(image_size)
         self._image_bytes = image_size[0] * image_size[1] * 3
 
     def batches(self, batch_size, shuffle_seed):
@@ -128,7 +128,7 @@ class _StreamPart(_Part):
             xs.append(x.numpy())
             ys.append(y.numpy())
         if not xs:
-            return np.zeros((0, 1, 1, 3), np.float32), np.zeros((0,), np.int32)
+            return np.zeros((0,) + self.image_size + (3,), np.float32), np.zeros((0,), np.int32)
         return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -911,19 +911,31 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
                         f"ClassLabel feature); its features: {list(features.keys())}. Received: source='tfds:{name}'")
     class_names = list(features[label_key].names)
     channels = features[image_key].shape[-1]
+    # Split sizes from the prepared dataset's metadata; empty under tfds.testing.mock_data.
     known = {s: info.splits[s].num_examples for s in info.splits.keys()}
 
-    def read(split):
+    def read(split: str) -> tf.data.Dataset:
         ds = builder.as_dataset(split=split, shuffle_files=False)
         return ds.map(lambda ex: (_tfds_image(ex[image_key], size, channels), tf.cast(ex[label_key], tf.int32)),
                       num_parallel_calls=tf.data.AUTOTUNE)
 
+    def exists(split: str) -> bool:
+        if known:
+            return split in known
+        try:                    # no metadata (mock_data): ask for the split
+            builder.as_dataset(split=split, shuffle_files=False)
+            return True
+        except (ValueError, KeyError, AssertionError):
+            return False
+
+    def size_of(split: str, ds: tf.data.Dataset) -> int:
+        return known[split] if split in known else _count(ds)
+
     try:
         train = read("train")
-    except AssertionError as err:
-        where = builder.data_dir
+    except AssertionError as err:       # tfds: "could not find data in ..."
         raise DataNotFoundError(
-            f"tfds dataset {name!r} is not prepared: no data in {where} (data_dir "
+            f"tfds dataset {name!r} is not prepared: no data in {builder.data_dir} (data_dir "
             f"{data_dir or '<tfds default>'}; set by load(data_dir=...) or $TFDS_DATA_DIR). kcnn never downloads. "
             f"To prepare it, on a machine with network run `tfds build {name}` (or python -c \"import "
             f"tensorflow_datasets as tfds; tfds.load('{name}', download=True)\"), then copy its "
@@ -932,66 +944,49 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
     except (ValueError, KeyError) as err:
         raise DataError(f"tfds dataset {name!r} has no 'train' split ({err}). Received: source='tfds:{name}'") from err
 
-    def has(split):
-        if known:
-            return split in known
-        try:                    # split names unknown (e.g. tfds.testing.mock_data): ask for it
-            builder.as_dataset(split=split, shuffle_files=False)
-            return True
-        except (ValueError, KeyError, AssertionError):
-            return False
-
-    def count(split, ds):
-        if split in known:
-            return known[split]
-        n = int(ds.cardinality())
-        if n < 0:
-            n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
-        return n
-
-    val_name = next((s for s in ("validation", "val", "valid") if has(s)), None)
-    test_name = "test" if has("test") else None
-    n_train = count("train", train)
-    streams = {"train": (train, n_train)}
-    streams["val"] = (read(val_name), count(val_name, None) if val_name in known else None) if val_name else None
-    streams["test"] = (read(test_name), count(test_name, None) if test_name in known else None) if test_name else None
-    for split in ("val", "test"):
-        if streams[split] is not None and streams[split][1] is None:
-            streams[split] = (streams[split][0], count("", streams[split][0]))
-    carve = {s: int(round(f * n_train)) for s, f in zip(("val", "test"), fractions) if streams[s] is None}
-    if carve:
-        keep = n_train - sum(carve.values())
-        if keep < 1:
-            raise DataError(f"tfds dataset {name!r}: carving {carve} examples from {n_train} train examples "
-                            f"leaves none to train on.")
-        start = keep
-        for split in ("val", "test"):
-            if split in carve:
-                streams[split] = (_tfds_slice(builder, read, "train", start, start + carve[split], known),
-                                  carve[split])
-                start += carve[split]
-        streams["train"] = (_tfds_slice(builder, read, "train", 0, keep, known), keep)
+    n_train = size_of("train", train)
+    streams: dict[str, tuple[tf.data.Dataset, int]] = {}
+    for split, candidates in (("val", ("validation", "val", "valid")), ("test", ("test",))):
+        found = next((c for c in candidates if exists(c)), None)
+        if found is not None:
+            ds = read(found)
+            streams[split] = (ds, size_of(found, ds))
+    carve = {s: int(round(f * n_train)) for s, f in zip(("val", "test"), fractions) if s not in streams}
+    keep = n_train - sum(carve.values())
+    if keep < 1:
+        raise DataError(f"tfds dataset {name!r}: carving {carve} examples from {n_train} train examples leaves "
+                        f"none to train on.")
+    start = keep
+    for split, n in carve.items():      # from the end of train, in its stored order
+        streams[split] = (_tfds_slice(read, train, start, start + n, bool(known)), n)
+        start += n
+    streams["train"] = (_tfds_slice(read, train, 0, keep, bool(known)), keep) if carve else (train, n_train)
     if limit is not None or per_class is not None:
-        ds, n = streams["train"]
         quota = np.full(len(class_names), per_class or 0, np.int64)
         if limit is not None:
-            quota = np.full(len(class_names), limit // len(class_names), np.int64)
+            quota[:] = limit // len(class_names)
             quota[:limit % len(class_names)] += 1
-        ds = _first_per_class(ds, quota)
-        n = count("", ds)
+        ds = _first_per_class(streams["train"][0], quota)
+        n = _count(ds)
         if n < quota.sum():
-            raise DataError(f"tfds dataset {name!r}: asked for {int(quota.sum())} training examples "
-                            f"({'limit=' + str(limit) if limit else 'per_class=' + str(per_class)}) but found "
-                            f"only {n} that fit the per-class quota.")
+            asked = f"limit={limit}" if limit is not None else f"per_class={per_class}"
+            raise DataError(f"tfds dataset {name!r}: asked for {int(quota.sum())} training examples ({asked}) "
+                            f"but only {n} fit the per-class quota of {quota.tolist()}.")
         streams["train"] = (ds, n)
-    parts = {s: _StreamPart(ds, n, size, cache) for s, (ds, n) in streams.items()}
+    parts = {s: _StreamPart(*streams[s], size, cache) for s in SPLITS}
     return class_names, parts
 
 
-def _tfds_slice(builder, read, split, start, stop, known):
-    if known:   # tfds reads only the needed records
-        return read(f"{split}[{start}:{stop}]")
-    return read(split).skip(start).take(stop - start)
+def _count(ds: tf.data.Dataset) -> int:
+    n = int(ds.cardinality())
+    return n if n >= 0 else int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+
+
+def _tfds_slice(read, train, start, stop, sliceable):
+    """Examples ``start:stop`` of train: a tfds sub-split (reads only those records) or skip/take."""
+    if sliceable:
+        return read(f"train[{start}:{stop}]")
+    return train.skip(start).take(stop - start)
 
 
 def _first_per_class(ds, quota: np.ndarray):

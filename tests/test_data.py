@@ -400,6 +400,57 @@ def test_tfds_per_class_takes_the_first_of_each_class(no_network):
     assert limited.num_examples["train"] == 5 and sorted(yl.tolist()) == [0, 1, 2, 3, 4]
 
 
+@pytest.fixture(scope="module")
+def prepared_tfds(tmp_path_factory):
+    """A real, prepared 3-class tfds dataset of 10x10 grayscale images (train 30, test 9), built offline."""
+    import tensorflow_datasets as tfds
+
+    class KcnnDataTestTiny(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"),
+                                         features=tfds.features.FeaturesDict({
+                                             "image": tfds.features.Image(shape=(10, 10, 1)),
+                                             "label": tfds.features.ClassLabel(names=["zero", "one", "two"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(30, 0), "test": self._generate_examples(9, 100)}
+
+        def _generate_examples(self, n, base):
+            for i in range(n):
+                yield i, {"image": np.full((10, 10, 1), base + i, np.uint8), "label": i % 3}
+
+    root = tmp_path_factory.mktemp("tfds")
+    KcnnDataTestTiny(data_dir=str(root)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return "kcnn_data_test_tiny", root
+
+
+def test_tfds_prepared_dataset_from_tfds_data_dir(no_network, prepared_tfds, monkeypatch):
+    name, root = prepared_tfds
+    monkeypatch.setenv("TFDS_DATA_DIR", str(root))
+    splits = kdata.load(f"tfds:{name}", image_size=10, val_fraction=0.2)
+    ids = {s: splits.arrays[s][0][:, 0, 0, 0].astype(int) for s in kdata.SPLITS}
+    assert splits.class_names == ["zero", "one", "two"]
+    assert splits.num_examples == {"train": 24, "val": 6, "test": 9}
+    assert sorted(ids["test"].tolist()) == list(range(100, 109))
+    assert sorted(np.concatenate([ids["train"], ids["val"]]).tolist()) == list(range(30))
+    np.testing.assert_array_equal(splits.arrays["val"][1], ids["val"] % 3)
+    x, y = first_batch(splits.train)
+    assert x.shape == (24, 10, 10, 3) and np.array_equal(x[..., 0], x[..., 1])
+
+
+def test_tfds_prepared_dataset_resized_subset_augmented(no_network, prepared_tfds):
+    name, root = prepared_tfds
+    splits = kdata.load(f"tfds:{name}", image_size=(6, 8), data_dir=root, per_class=2, augment="standard")
+    assert splits.num_examples == {"train": 6, "val": 3, "test": 9}
+    x, y = first_batch(splits.train)
+    assert x.shape == (6, 6, 8, 3) and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
+    again = kdata.load(f"tfds:{name}", image_size=(6, 8), data_dir=root, per_class=2, augment="standard")
+    np.testing.assert_array_equal(first_batch(again.train)[0], x)
+
+
 def test_tfds_not_prepared_says_how_to_prepare(no_network, tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         kdata.load("tfds:cifar10", image_size=32, data_dir=tmp_path)
