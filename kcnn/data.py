@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import math
 import os
 import time
 import warnings
@@ -101,7 +100,8 @@ class _MemoryPart(_Part):
     def numpy(self):
         if self.num_examples == 0:
             return np.zeros((0,) + tuple(self.render(tf.constant(self.x[:1])).shape[1:]), np.float32), self.y
-        chunks = [self.render(tf.constant(self.x[i:i + 512])).numpy() for i in range(0, self.num_examples, 512)]
+        chunks = [self.render(tf.constant(self.x[i:i + 512])).numpy()
+                  for i in range(0, self.num_examples, 512)]
         return np.concatenate(chunks), self.y
 
 
@@ -186,7 +186,8 @@ class Splits:
     _arrays: _LazyArrays | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
-        return (f"Splits(source={self.source!r}, image_size={self.image_size}, classes={len(self.class_names)}, "
+        return (f"Splits(source={self.source!r}, image_size={self.image_size}, "
+                f"classes={len(self.class_names)}, "
                 f"num_examples={self.num_examples}, batch_size={self.batch_size}, augment={self.augment!r}, "
                 f"skipped={len(self.skipped)})")
 
@@ -228,7 +229,8 @@ class Splits:
             A ``tf.data.Dataset`` of ``(float32 images, int32 labels)`` batches.
         """
         if split not in self._parts:
-            raise ValueError(f"Unknown split {split!r}; choose one of {list(self._parts)}. Received: split={split!r}")
+            raise ValueError(f"Unknown split {split!r}; choose one of {list(self._parts)}. "
+                             f"Received: split={split!r}")
         batch = _positive_int("batch_size", self.batch_size if batch_size is None else batch_size)
         return _pipeline(self._parts[split], batch, self.seed if training else None,
                          self.augment if training else None, self.image_size)
@@ -240,8 +242,8 @@ class Splits:
 
 def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1, test_fraction: float = 0.2,
          seed: int = 0, augment: str | None = None, cache: bool | str = True, limit: int | None = None,
-         per_class: int | None = None, num_examples: int | None = None, class_names: Sequence[str] | None = None,
-         data_dir: str | os.PathLike | None = None) -> Splits:
+         per_class: int | None = None, num_examples: int | None = None,
+         class_names: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None) -> Splits:
     """Load a data source as batched train / val / test ``tf.data`` pipelines.
 
     Splits are stratified by class and seeded: ``"digits"`` uses all 1,797 images, ``val_fraction`` and
@@ -315,7 +317,8 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
     if per_class is not None:
         per_class = _positive_int("per_class", per_class)
     if limit is not None and per_class is not None:
-        raise ValueError(f"Give `limit` or `per_class`, not both. Received: limit={limit}, per_class={per_class}")
+        raise ValueError(f"Give `limit` or `per_class`, not both. "
+                         f"Received: limit={limit}, per_class={per_class}")
     fractions = (val_fraction, test_fraction)
 
     skipped: list[tuple[str, str]] = []
@@ -332,8 +335,8 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
         count, chars = arg
         if num_examples is not None:
             if count is not None and count != num_examples:
-                raise ValueError(f"The source string and `num_examples` disagree. Received: source={source!r}, "
-                                 f"num_examples={num_examples}")
+                raise ValueError(f"The source string and `num_examples` disagree. "
+                                 f"Received: source={source!r}, num_examples={num_examples}")
             count = num_examples
         names, parts = _shapes_parts(size, fractions, seed,
                                      _positive_int("num_examples", count or SHAPES_DEFAULT_EXAMPLES), chars)
@@ -352,7 +355,8 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
 
     splits = Splits(train=None, val=None, test=None, class_names=list(names),
                     num_examples={s: parts[s].num_examples for s in SPLITS}, skipped=skipped, image_size=size,
-                    batch_size=batch_size, source=_source_label(source), augment=augment, seed=seed, _parts=parts)
+                    batch_size=batch_size, source=_source_label(source), augment=augment, seed=seed,
+                    _parts=parts)
     splits.train = splits.dataset("train", training=True)
     splits.val = splits.dataset("val")
     splits.test = splits.dataset("test")
@@ -452,14 +456,14 @@ def _parse_source(source):
         count, chars = None, SHAPES_CLASSES
         if len(parts) > 1:
             if not parts[1].isdigit() or int(parts[1]) < 1:
-                raise ValueError(f"The shapes source is 'shapes', 'shapes:N' or 'shapes:N:CHARS' with N a positive "
-                                 f"number of examples. Received: source={source!r}")
+                raise ValueError(f"The shapes source is 'shapes', 'shapes:N' or 'shapes:N:CHARS' with N a "
+                                 f"positive number of examples. Received: source={source!r}")
             count = int(parts[1])
         if len(parts) > 2:
             chars = parts[2]
             if len(chars) < 2 or len(set(chars)) != len(chars) or any(c.isspace() for c in chars):
-                raise ValueError(f"'shapes:N:CHARS' needs two or more distinct, visible characters, one per class. "
-                                 f"Received: source={source!r}")
+                raise ValueError(f"'shapes:N:CHARS' needs two or more distinct, visible characters, one per "
+                                 f"class. Received: source={source!r}")
         return "shapes", (count, chars)
     if source.startswith("tfds:"):
         name = source[len("tfds:"):].strip()
@@ -553,7 +557,7 @@ def render_counts(counts, image_size, *, max_count: int = 16) -> tf.Tensor:
         float32 tensor ``(N, height, width, 3)`` in [0, 255].
 
     Example:
-        >>> render_counts(np.full((1, 8, 8), 16, np.uint8), 32).numpy().max()
+        >>> float(render_counts(np.full((1, 8, 8), 16, np.uint8), 32).numpy().max())
         255.0
     """
     size = _image_size(image_size)
@@ -570,7 +574,8 @@ def _digits_parts(size, fractions, seed):
     counts = np.rint(digits.images).astype(np.uint8)
     labels = digits.target.astype(np.int32)
     names = [str(n) for n in digits.target_names]
-    return names, _memory_parts(counts, labels, fractions, seed, functools.partial(render_counts, image_size=size))
+    render = functools.partial(render_counts, image_size=size)
+    return names, _memory_parts(counts, labels, fractions, seed, render)
 
 
 def _shapes_parts(size, fractions, seed, count, chars):
@@ -610,7 +615,8 @@ def _glyph_bank(chars: str):
                                            stroke_width=int(round(stroke * font_size)), stroke_fill=255)
                 mask = np.asarray(image) >= 128
                 if not mask.any():
-                    raise DataError(f"The built-in font draws nothing for {ch!r}; choose other shapes characters.")
+                    raise DataError(f"The built-in font draws nothing for {ch!r}; choose other shapes "
+                                    f"characters.")
                 masks.append(mask.reshape(-1))
                 rows, cols = np.nonzero(mask)
                 ends = []
@@ -804,10 +810,12 @@ def _class_folders(root: Path) -> list[Path]:
 
 def _folder_parts(root: Path, size, fractions, seed):
     if not root.exists():
-        raise DataNotFoundError(f"Data folder {str(root)!r} does not exist. Give a folder of class sub-folders "
-                                f"(or of train/ val/ test/ split folders). Received: source={str(root)!r}")
+        raise DataNotFoundError(f"Data folder {str(root)!r} does not exist. Give a folder of class "
+                                f"sub-folders (or of train/ val/ test/ split folders). "
+                                f"Received: source={str(root)!r}")
     if not root.is_dir():
-        raise DataError(f"{str(root)!r} is a file, not a folder of class sub-folders. Received: source={str(root)!r}")
+        raise DataError(f"{str(root)!r} is a file, not a folder of class sub-folders. "
+                        f"Received: source={str(root)!r}")
     subdirs = _class_folders(root)
     names = [p.name for p in subdirs]
     split_layout = "train" in names and all(n in _SPLIT_FOLDERS for n in names)
@@ -848,8 +856,8 @@ def _folder_parts(root: Path, size, fractions, seed):
                 raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders of "
                                 f"{str(folder)!r}. Expected {folder}/<class name>/<image files>.")
             if len(class_names) < 2:
-                raise DataError(f"{str(folder)!r} has {len(class_names)} class folder(s) with decodable images "
-                                f"({class_names}); classification needs at least 2. Expected "
+                raise DataError(f"{str(folder)!r} has {len(class_names)} class folder(s) with decodable "
+                                f"images ({class_names}); classification needs at least 2. Expected "
                                 f"{folder}/<class name>/<image files>.")
         index = {c: i for i, c in enumerate(class_names)}
         keep = [i for i, c in enumerate(ok_classes) if c in index]
@@ -897,7 +905,7 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
     data_dir = os.fspath(data_dir) if data_dir is not None else (os.environ.get("TFDS_DATA_DIR") or None)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as err:  # DatasetNotFoundError, unknown config or version, a builder that fails to import
+    except Exception as err:  # DatasetNotFoundError, unknown config or version, a builder failing to import
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"tensorflow-datasets {tfds.__version__} has no dataset {name!r}: {first} "
                         f"Received: source='tfds:{name}'") from err
@@ -907,8 +915,9 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
     if (not isinstance(image_key, str) or not isinstance(label_key, str) or image_key not in features
             or label_key not in features or not isinstance(features[image_key], tfds.features.Image)
             or not isinstance(features[label_key], tfds.features.ClassLabel)):
-        raise DataError(f"tfds dataset {name!r} is not an image classification dataset (an Image feature and a "
-                        f"ClassLabel feature); its features: {list(features.keys())}. Received: source='tfds:{name}'")
+        raise DataError(f"tfds dataset {name!r} is not an image classification dataset (an Image feature and "
+                        f"a ClassLabel feature); its features: {list(features.keys())}. "
+                        f"Received: source='tfds:{name}'")
     class_names = list(features[label_key].names)
     channels = features[image_key].shape[-1]
     # Split sizes from the prepared dataset's metadata; empty under tfds.testing.mock_data.
@@ -916,8 +925,9 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
 
     def read(split: str) -> tf.data.Dataset:
         ds = builder.as_dataset(split=split, shuffle_files=False)
-        return ds.map(lambda ex: (_tfds_image(ex[image_key], size, channels), tf.cast(ex[label_key], tf.int32)),
-                      num_parallel_calls=tf.data.AUTOTUNE)
+        def pair(ex):
+            return _tfds_image(ex[image_key], size, channels), tf.cast(ex[label_key], tf.int32)
+        return ds.map(pair, num_parallel_calls=tf.data.AUTOTUNE)
 
     def exists(split: str) -> bool:
         if known:
@@ -936,13 +946,15 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
     except AssertionError as err:       # tfds: "could not find data in ..."
         raise DataNotFoundError(
             f"tfds dataset {name!r} is not prepared: no data in {builder.data_dir} (data_dir "
-            f"{data_dir or '<tfds default>'}; set by load(data_dir=...) or $TFDS_DATA_DIR). kcnn never downloads. "
-            f"To prepare it, on a machine with network run `tfds build {name}` (or python -c \"import "
-            f"tensorflow_datasets as tfds; tfds.load('{name}', download=True)\"), then copy its "
-            f"~/tensorflow_datasets/{name.split('/')[0]} folder into {data_dir or '~/tensorflow_datasets'} here, "
-            f"or point TFDS_DATA_DIR at the folder that holds it.") from err
+            f"{data_dir or '<tfds default>'}; set by load(data_dir=...) or $TFDS_DATA_DIR). "
+            f"kcnn never downloads. To prepare it, on a machine with network run `tfds build {name}` "
+            f"(or python -c \"import tensorflow_datasets as tfds; tfds.load('{name}', download=True)\"), "
+            f"then copy its ~/tensorflow_datasets/{name.split('/')[0]} folder into "
+            f"{data_dir or '~/tensorflow_datasets'} here, or point TFDS_DATA_DIR at the folder that holds it."
+        ) from err
     except (ValueError, KeyError) as err:
-        raise DataError(f"tfds dataset {name!r} has no 'train' split ({err}). Received: source='tfds:{name}'") from err
+        raise DataError(f"tfds dataset {name!r} has no 'train' split ({err}). "
+                        f"Received: source='tfds:{name}'") from err
 
     n_train = size_of("train", train)
     streams: dict[str, tuple[tf.data.Dataset, int]] = {}
@@ -954,8 +966,8 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
     carve = {s: int(round(f * n_train)) for s, f in zip(("val", "test"), fractions) if s not in streams}
     keep = n_train - sum(carve.values())
     if keep < 1:
-        raise DataError(f"tfds dataset {name!r}: carving {carve} examples from {n_train} train examples leaves "
-                        f"none to train on.")
+        raise DataError(f"tfds dataset {name!r}: carving {carve} examples from {n_train} train examples "
+                        f"leaves none to train on.")
     start = keep
     for split, n in carve.items():      # from the end of train, in its stored order
         streams[split] = (_tfds_slice(read, train, start, start + n, bool(known)), n)
@@ -970,8 +982,8 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
         n = _count(ds)
         if n < quota.sum():
             asked = f"limit={limit}" if limit is not None else f"per_class={per_class}"
-            raise DataError(f"tfds dataset {name!r}: asked for {int(quota.sum())} training examples ({asked}) "
-                            f"but only {n} fit the per-class quota of {quota.tolist()}.")
+            raise DataError(f"tfds dataset {name!r}: asked for {int(quota.sum())} training examples "
+                            f"({asked}) but only {n} fit the per-class quota of {quota.tolist()}.")
         streams["train"] = (ds, n)
     parts = {s: _StreamPart(*streams[s], size, cache) for s in SPLITS}
     return class_names, parts

@@ -45,7 +45,8 @@ def test_digits_pixels_are_the_rendered_counts(digits16):
     got = np.concatenate([digits16.arrays[s][0] for s in kdata.SPLITS])
     assert got.shape == (DIGITS_TOTAL, 16, 16, 3) and got.dtype == np.float32
     assert got.min() == 0.0 and got.max() == 255.0
-    np.testing.assert_allclose(np.sort(got.sum(axis=(1, 2, 3))), np.sort(expected.sum(axis=(1, 2, 3))), rtol=1e-5)
+    np.testing.assert_allclose(np.sort(got.sum(axis=(1, 2, 3))), np.sort(expected.sum(axis=(1, 2, 3))),
+                               rtol=1e-5)
     np.testing.assert_array_equal(got[..., 0], got[..., 2])
 
 
@@ -209,8 +210,9 @@ def test_shapes_with_other_characters():
 def test_shapes_share_the_digits_resize():
     counts, _ = kdata.make_shapes(10, seed=0)
     splits = kdata.load("shapes:10", image_size=16, val_fraction=0, test_fraction=0)
+    expected = kdata.render_counts(counts, 16).numpy()
     np.testing.assert_allclose(np.sort(splits.arrays["train"][0].sum(axis=(1, 2, 3))),
-                               np.sort(kdata.render_counts(counts, 16).numpy().sum(axis=(1, 2, 3))), rtol=1e-6)
+                               np.sort(expected.sum(axis=(1, 2, 3))), rtol=1e-6)
     assert kdata.render_counts(np.array([[[0, 16]]]), (1, 2)).numpy()[0, 0].tolist() == [[0, 0, 0], [255] * 3]
 
 
@@ -259,7 +261,8 @@ def test_folder_source_skips_bad_files_and_reports_empty_classes(tmp_path):
     _png(root / "cat" / "c_rgba.png", np.full((8, 8, 4), (0, 200, 0, 50)), "RGBA")
     _png(root / "dog" / "d.png", np.full((16, 12, 3), 7))            # another size: resized
     Image.fromarray(np.full((8, 8, 3), 60, np.uint8)).save(root / "dog" / "e.bmp")
-    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).convert("P", palette=Image.ADAPTIVE).save(root / "dog" / "f.gif")
+    palette = Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).convert("P", palette=Image.ADAPTIVE)
+    palette.save(root / "dog" / "f.gif")
     Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(root / "dog" / "g.JPG")
     good = (root / "cat" / "a_rgb.png").read_bytes()
     (root / "dog" / "broken.png").write_bytes(good[: len(good) // 2])
@@ -409,10 +412,10 @@ def prepared_tfds(tmp_path_factory):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"),
-                                         features=tfds.features.FeaturesDict({
-                                             "image": tfds.features.Image(shape=(10, 10, 1)),
-                                             "label": tfds.features.ClassLabel(names=["zero", "one", "two"])}))
+            features = tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(10, 10, 1)),
+                "label": tfds.features.ClassLabel(names=["zero", "one", "two"])})
+            return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples(30, 0), "test": self._generate_examples(9, 100)}
