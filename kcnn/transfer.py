@@ -5,27 +5,28 @@ The pieces, in the order a fine-tuning run uses them:
 * `backbone(name, weights)`: a headless keras.applications or kcnn model, its own preprocessing as a Keras
   layer, and its ordered blocks (stage name -> layer names, shallow to deep) for freezing by block.
 * `classifier(backbone, classes)`: raw RGB images of any size -> ``resize`` -> ``preprocess`` -> ``backbone``
-  (a nested model) -> a new head from `kcnn.layers.classifier_head`. Saves and loads as ``.keras`` in safe mode
-  (stock layers only, no ``Lambda``).
+  (a nested model) -> a new head from `kcnn.layers.classifier_head`. Saves and loads as ``.keras`` in safe
+  mode (stock layers only, no ``Lambda``).
 * `Phase` / `Schedule` / `load_schedule`: a fine-tuning schedule as data (presets, TOML or JSON files).
-* `fit_schedule(model, backbone, schedule, train_ds, val_ds)`: runs the phases as consecutive ``fit`` calls with
-  continuous epoch numbers, resumable from any finished epoch, training only the head on cached backbone features
-  when that is exact.
-* `save_checkpoint` / `load_checkpoint`: the pretraining checkpoint format (``model.keras`` + ``kcnn.json``) that
-  `backbone(None, weights=DIR)` turns back into a backbone.
+* `fit_schedule(model, backbone, schedule, train_ds, val_ds)`: runs the phases as consecutive ``fit``
+  calls with continuous epoch numbers, resumable from any finished epoch, training only the head on cached
+  backbone features when that is exact.
+* `save_checkpoint` / `load_checkpoint`: the pretraining checkpoint format (``model.keras`` +
+  ``kcnn.json``) that `backbone(None, weights=DIR)` turns back into a backbone.
 
 Batch norm, the two switches (see LECTURE.md): ``trainable=False`` freezes a layer's weights (and, in Keras 3,
 makes a BatchNormalization layer normalise with its moving statistics), while calling the backbone with
 ``training=False`` makes *every* BN layer in it use its moving statistics, even in blocks whose weights train.
 `fit_schedule` does both: layers of frozen blocks get ``trainable=False``; with ``bn="frozen"`` (the default)
-the backbone runs with ``training=False`` so no moving statistic changes in any phase; with ``bn="train"`` the BN
-layers of the trained blocks use batch statistics and update their moving averages with momentum 0.9 (kcnn's
-`kcnn.layers.BN_MOMENTUM`; keras.applications' 0.99 needs ~500 steps to forget its start, FINDINGS.md).
+the backbone runs with ``training=False`` so no moving statistic changes in any phase; with ``bn="train"`` the
+BN layers of the trained blocks use batch statistics and update their moving averages with momentum 0.9
+(kcnn's `kcnn.layers.BN_MOMENTUM`; keras.applications' 0.99 needs ~500 steps to forget its start,
+FINDINGS.md).
 
 Keras 3.15 note: a ``training=False`` written into a functional graph (``base(x, training=False)``, the Keras
 guide's recipe) is overridden by ``fit``'s ``training=True`` (``keras/src/models/functional.py``:
-``operation_fn`` injects the outer value), so BN moving statistics drift anyway. `fit_schedule` therefore fits a
-small view of the classifier that calls the backbone with an explicit ``training`` argument at run time; the
+``operation_fn`` injects the outer value), so BN moving statistics drift anyway. `fit_schedule` therefore fits
+a small view of the classifier that calls the backbone with an explicit ``training`` argument at run time; the
 saved classifier itself is a plain functional model. `classifier` returns the backbone frozen
 (``trainable=False``), which keeps BN in inference mode even when someone calls ``model.fit`` directly.
 
@@ -42,7 +43,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -56,14 +57,15 @@ from kcnn import weights as kw
 from kcnn.registry import get_entry, list_models
 from kcnn.weights import WeightsError
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Preprocessing
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 #: Preprocessing modes; every one maps raw RGB in [0, 255] to what a backbone was trained on.
 PREPROCESSING = {
     "caffe": "RGB -> BGR, minus the ImageNet channel means, no scaling (VGG16/19, ResNet50/101/152)",
-    "tf": "scaled to [-1, 1] (ResNetV2, MobileNet, MobileNetV2, Xception, InceptionV3, InceptionResNetV2, NASNet)",
+    "tf": "scaled to [-1, 1] (ResNetV2, MobileNet, MobileNetV2, Xception, InceptionV3, InceptionResNetV2, "
+          "NASNet)",
     "torch": "scaled to [0, 1], then standardised by the ImageNet channel mean/std (DenseNet)",
     "unit": "scaled to [0, 1] (kcnn's own models unless they carry ImageNet weights)",
     "none": "unchanged; the model rescales itself (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3)",
@@ -86,8 +88,8 @@ def preprocess_layer(mode: str, name: str = "preprocess") -> layers.Layer:
     """A Keras layer that applies a preprocessing mode to raw RGB images in [0, 255].
 
     Built from stock layers so that a ``.keras`` file holding it loads in safe mode: "caffe" is a fixed,
-    non-trainable 1x1 Conv2D whose kernel swaps R and B and whose bias is minus the BGR means (bit-identical to
-    ``keras.applications.vgg16.preprocess_input``: the kernel only multiplies by 1 and adds exact zeros);
+    non-trainable 1x1 Conv2D whose kernel swaps R and B and whose bias is minus the BGR means (bit-identical
+    to ``keras.applications.vgg16.preprocess_input``: the kernel only multiplies by 1 and adds exact zeros);
     "tf", "torch" and "unit" are a `keras.layers.Rescaling` (per-channel for "torch"; equal to
     ``preprocess_input`` to float32 rounding); "none" is `keras.layers.Identity`.
 
@@ -125,13 +127,14 @@ def preprocess_layer(mode: str, name: str = "preprocess") -> layers.Layer:
 
 def _check_mode(mode) -> str:
     if mode not in PREPROCESSING:
-        raise ValueError(f"`preprocessing` must be one of {list(PREPROCESSING)}. Received: preprocessing={mode!r}")
+        raise ValueError(f"`preprocessing` must be one of {list(PREPROCESSING)}. Received: "
+                         f"preprocessing={mode!r}")
     return mode
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Names: keras.applications and the kcnn registry
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 KERAS = "keras.applications"
 KCNN = "kcnn"
@@ -147,7 +150,8 @@ def _keras_names() -> list[str]:
 def _resolve(name) -> tuple[str, str]:
     """(source, canonical name) for a keras.applications or kcnn registry name, case-insensitively."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"`name` must be a model name such as 'VGG16' or 'resnet20'. Received: name={name!r}")
+        raise ValueError("`name` must be a model name such as 'VGG16' or 'resnet20'. Received: "
+                         f"name={name!r}")
     keras_names = _keras_names()
     kcnn_names = list_models()
     key = name.strip()
@@ -210,7 +214,8 @@ def _check_shape(arch: str, input_shape, min_size: int) -> tuple:
     except (TypeError, ValueError):
         shape = ()
     if len(shape) != 3 or shape[2] is None:
-        raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}")
+        raise ValueError("`input_shape` must be (height, width, channels). Received: "
+                         f"input_shape={input_shape!r}")
     for size in shape[:2]:
         if size is not None and size < min_size:
             raise ValueError(
@@ -219,9 +224,9 @@ def _check_shape(arch: str, input_shape, min_size: int) -> tuple:
     return shape
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Blocks: ordered stages of a backbone, shallow to deep
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 # Named families: layer name -> block name (None: belongs to the block of the layer before it).
 _NAMED_RULES = {
@@ -233,9 +238,11 @@ _NAMED_RULES = {
     "densenet": [(r"^(conv\d+)_", r"\1"), (r"^pool(\d+)", r"conv\1")],
     "efficientnet": [(r"^(stem)_", r"\1"), (r"^(block\d+)[a-z]_", r"\1"), (r"^(top)_", r"\1")],
     "efficientnet_v2": [(r"^(stem)_", r"\1"), (r"^(block\d+)[a-z]_", r"\1"), (r"^(top)_", r"\1")],
-    "convnext": [(r"_(stem)$", r"\1"), (r"_stage_(\d+)_", r"stage\1"), (r"_downsampling_block_(\d+)$", "+stage\\1")],
+    "convnext": [(r"_(stem)$", r"\1"), (r"_stage_(\d+)_", r"stage\1"),
+                 (r"_downsampling_block_(\d+)$", "+stage\\1")],
 }
-# Resolution-staged families: layers form units (by name) and units are merged into stages at each downsampling.
+# Resolution-staged families: layers form units (by name) and units are merged into stages at each
+# downsampling.
 _UNIT_RULES = {
     "mobilenet": r"^conv_(?:dw|pw|pad)_(\d+)",
     "mobilenet_v2": r"^(block_\d+|expanded_conv)_",
@@ -252,7 +259,7 @@ def _body_layers(model) -> list:
 def _named_blocks(model, rules) -> list[tuple[str, list[str]]]:
     groups: dict[str, list[str]] = {}
     current = None
-    pending: list[str] = []  # layers before the first named one (input rescaling, padding) join the first block
+    pending: list[str] = []  # layers before the first named one (rescaling, padding) join the first block
     for layer in _body_layers(model):
         block = current
         for pattern, repl in rules:
@@ -336,9 +343,9 @@ def _group_blocks(model, source: str, arch: str) -> list[tuple[str, list[str]]]:
     return _staged_blocks(model, _UNIT_RULES.get(family), _UNIT_CLOSERS.get(family))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Backbone
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -350,7 +357,8 @@ class Backbone:
         model: The headless `keras.Model` (include_top=False, no pooling), named "backbone"; it takes
             *preprocessed* images of `input_shape`.
         preprocess: A Keras layer mapping raw RGB in [0, 255] to what `model` expects (`preprocess_layer`).
-        blocks: Ordered ``(block name, [layer names])`` from shallow to deep; every layer of `model` is in one.
+        blocks: Ordered ``(block name, [layer names])`` from shallow to deep; every layer of `model` is in
+            one.
         min_size: Smallest input side the architecture accepts.
         input_shape: (height, width, channels) the model is built for.
         preprocessing: The mode of `preprocess` (a key of `PREPROCESSING`).
@@ -383,19 +391,19 @@ def backbone(name: str | None, weights=None, input_shape=None, *, preprocessing:
     """Build a headless backbone with its own preprocessing and its blocks.
 
     Args:
-        name: A keras.applications model name (VGG16, VGG19, ResNet50, ResNet50V2, MobileNetV2, EfficientNetB0,
-            ConvNeXtTiny, ...) or a kcnn registry name (vgg16, resnet20, allcnn_c, ...), case-insensitive.
-            CamelCase spellings prefer keras.applications, lower-case ones the kcnn registry. May be None when
-            `weights` is a kcnn checkpoint (the architecture is read from it).
+        name: A keras.applications model name (VGG16, VGG19, ResNet50, ResNet50V2, MobileNetV2,
+            EfficientNetB0, ConvNeXtTiny, ...) or a kcnn registry name (vgg16, resnet20, allcnn_c, ...),
+            case-insensitive. CamelCase spellings prefer keras.applications, lower-case ones the kcnn
+            registry. May be None when `weights` is a kcnn checkpoint (the architecture is read from it).
         weights: None (random init), "imagenet" (keras' published files, cached under ``$KERAS_HOME/models``),
-            a weights file (legacy ``.h5`` matched by layer name, so a full-model file fills the headless base;
-            ``.weights.h5`` / ``.keras`` of the same headless architecture) or a kcnn checkpoint directory (or
-            its ``model.keras`` / ``kcnn.json``) written by `save_checkpoint`.
+            a weights file (legacy ``.h5`` matched by layer name, so a full-model file fills the headless
+            base; ``.weights.h5`` / ``.keras`` of the same headless architecture) or a kcnn checkpoint
+            directory (or its ``model.keras`` / ``kcnn.json``) written by `save_checkpoint`.
         input_shape: (height, width, channels). Default: (224, 224, 3) for keras.applications, the registry's
             default for kcnn models (32x32 for the CIFAR nets), the saved shape for checkpoints.
         preprocessing: Override the preprocessing mode (a key of `PREPROCESSING`). Default: the family's mode
-            for keras.applications, "caffe" for kcnn models with ImageNet weights, "unit" ([0, 1]) for other kcnn
-            models, the saved mode for checkpoints.
+            for keras.applications, "caffe" for kcnn models with ImageNet weights, "unit" ([0, 1]) for other
+            kcnn models, the saved mode for checkpoints.
         options: Extra builder arguments (e.g. ``{"norm": "batch"}`` for kcnn VGG/All-CNN).
 
     Returns:
@@ -416,7 +424,8 @@ def backbone(name: str | None, weights=None, input_shape=None, *, preprocessing:
     if checkpoint is not None:
         return _backbone_from_checkpoint(name, checkpoint, input_shape, preprocessing)
     if name is None:
-        raise ValueError("`name` is required unless `weights` is a kcnn checkpoint directory. Received: name=None")
+        raise ValueError("`name` is required unless `weights` is a kcnn checkpoint directory. Received: "
+                         "name=None")
     source, arch = _resolve(name)
     min_size = _min_size(source, arch)
     if input_shape is None:
@@ -435,7 +444,8 @@ def backbone(name: str | None, weights=None, input_shape=None, *, preprocessing:
             kw.load_into(model, weights, arch.lower(), include_top=False)
         mode = preprocessing or preprocessing_mode(arch)
     mode = _check_mode(mode)
-    return Backbone(name=arch, model=model, preprocess=preprocess_layer(mode), blocks=_group_blocks(model, source, arch),
+    return Backbone(name=arch, model=model, preprocess=preprocess_layer(mode),
+                    blocks=_group_blocks(model, source, arch),
                     min_size=min_size, input_shape=shape, preprocessing=mode, source=source,
                     weights=None if weights is None else os.fspath(weights))
 
@@ -443,8 +453,8 @@ def backbone(name: str | None, weights=None, input_shape=None, *, preprocessing:
 def _keras_base(arch, shape, imagenet, options):
     fn = getattr(keras.applications, arch)
     try:
-        return fn(include_top=False, weights="imagenet" if imagenet else None, input_shape=shape, pooling=None,
-                  **options)
+        return fn(include_top=False, weights="imagenet" if imagenet else None, input_shape=shape,
+                  pooling=None, **options)
     except Exception as err:
         text = str(err)
         if not imagenet or not ("URL fetch failure" in text or isinstance(err, OSError)):
@@ -459,7 +469,7 @@ def _keras_base(arch, shape, imagenet, options):
 
 
 def _probe_mode(arch: str) -> str:
-    """The preprocessing mode of an unlisted keras.applications family, found by probing its preprocess_input."""
+    """The preprocessing mode of an unlisted keras.applications family, probed via its preprocess_input."""
     module = getattr(keras.applications, _keras_family(arch), None)
     probe = np.array([[[[0.0, 100.0, 255.0]]]], "float32")
     if module is None or not hasattr(module, "preprocess_input"):
@@ -468,7 +478,8 @@ def _probe_mode(arch: str) -> str:
     for mode in ("caffe", "tf", "torch", "unit", "none"):
         if np.allclose(np.asarray(preprocess_layer(mode)(probe)), got, atol=1e-4):
             return mode
-    raise ValueError(f"Cannot tell the preprocessing of {arch}; pass preprocessing=... ({list(PREPROCESSING)})")
+    raise ValueError(f"Cannot tell the preprocessing of {arch}; pass preprocessing=... "
+                     f"({list(PREPROCESSING)})")
 
 
 def _short(text: str) -> str:
@@ -492,9 +503,9 @@ def _rebuild(model: keras.Model, input_shape) -> keras.Model:
     return clone
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Checkpoints (what recipes.pretrain writes)
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "kcnn-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -504,7 +515,8 @@ CHECKPOINT_META = "kcnn.json"
 _HEAD_NAME = re.compile(r"^(flatten|avg_pool|max_pool|predictions|predictions_conv|fc\d+|fc\d+_dropout)$")
 
 
-def save_checkpoint(path, model: keras.Model, *, arch: str, input_shape, class_names, preprocessing: str) -> Path:
+def save_checkpoint(path, model: keras.Model, *, arch: str, input_shape, class_names,
+                    preprocessing: str) -> Path:
     """Write a pretraining checkpoint: ``<path>/model.keras`` and ``<path>/kcnn.json``.
 
     ``kcnn.json`` holds ``{"format": "kcnn-checkpoint", "version": 1, "arch", "input_shape", "classes",
@@ -513,8 +525,8 @@ def save_checkpoint(path, model: keras.Model, *, arch: str, input_shape, class_n
 
     Args:
         path: Directory to write (created if missing).
-        model: The trained model: a `classifier` (its nested "backbone" is the body) or any kcnn/keras model with
-            a `kcnn.layers.classifier_head` head (everything before the head is the body).
+        model: The trained model: a `classifier` (its nested "backbone" is the body) or any kcnn/keras model
+            with a `kcnn.layers.classifier_head` head (everything before the head is the body).
         arch: Architecture name (keras.applications or kcnn registry).
         input_shape: (height, width, channels) the body was trained at.
         class_names: Names of the output classes, in output order.
@@ -562,8 +574,9 @@ def _checkpoint_dir(weights) -> Path | None:
         if (path / CHECKPOINT_META).is_file():
             return path
         raise FileNotFoundError(
-            f"{path} is a directory without {CHECKPOINT_META}: not a kcnn checkpoint. Pass a checkpoint directory "
-            f"written by kcnn.transfer.save_checkpoint or a weights file. Received: weights={os.fspath(weights)!r}"
+            f"{path} is a directory without {CHECKPOINT_META}: not a kcnn checkpoint. Pass a checkpoint "
+            f"directory written by kcnn.transfer.save_checkpoint or a weights file. "
+            f"Received: weights={os.fspath(weights)!r}"
         )
     if path.name in (CHECKPOINT_META, CHECKPOINT_MODEL) and (path.parent / CHECKPOINT_META).is_file():
         return path.parent
@@ -585,13 +598,15 @@ def load_checkpoint(path) -> tuple[keras.Model, dict]:
     """
     directory = _checkpoint_dir(path)
     if directory is None:
-        raise FileNotFoundError(f"No kcnn checkpoint at {path} (expected {CHECKPOINT_META} and {CHECKPOINT_MODEL}).")
+        raise FileNotFoundError(f"No kcnn checkpoint at {path} (expected {CHECKPOINT_META} and "
+                                f"{CHECKPOINT_MODEL}).")
     try:
         meta = json.loads((directory / CHECKPOINT_META).read_text())
     except (OSError, ValueError) as err:
         raise WeightsError(f"Unreadable {directory / CHECKPOINT_META}: {_short(err)}") from None
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{directory / CHECKPOINT_META} is not a kcnn checkpoint (format != {CHECKPOINT_FORMAT!r}).")
+        raise WeightsError(f"{directory / CHECKPOINT_META} is not a kcnn checkpoint (format != "
+                           f"{CHECKPOINT_FORMAT!r}).")
     if meta.get("version", 0) > CHECKPOINT_VERSION:
         raise WeightsError(f"{directory} has checkpoint version {meta['version']}; this kcnn reads up to "
                            f"{CHECKPOINT_VERSION}. Upgrade kcnn.")
@@ -632,20 +647,21 @@ def _backbone_from_checkpoint(name, directory: Path, input_shape, preprocessing)
     min_size = _min_size(source, arch)
     body = _checkpoint_body(saved)
     saved_shape = tuple(body.inputs[0].shape[1:])
-    shape = _check_shape(arch, input_shape if input_shape is not None else meta.get("input_shape", saved_shape),
-                         min_size)
+    wanted_shape = input_shape if input_shape is not None else meta.get("input_shape", saved_shape)
+    shape = _check_shape(arch, wanted_shape, min_size)
     if tuple(shape) != saved_shape:
         body = _rebuild(body, shape)
     body.trainable = True
     mode = _check_mode(preprocessing or meta.get("preprocessing", "unit"))
-    return Backbone(name=arch, model=body, preprocess=preprocess_layer(mode), blocks=_group_blocks(body, source, arch),
+    return Backbone(name=arch, model=body, preprocess=preprocess_layer(mode),
+                    blocks=_group_blocks(body, source, arch),
                     min_size=min_size, input_shape=shape, preprocessing=mode, source=source,
                     weights=os.fspath(directory))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Classifier
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: float = 0.0, hidden=(),
@@ -655,13 +671,14 @@ def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: 
     Layers (top level): ``image`` (input, shape (None, None, C)), ``resize`` (`keras.layers.Resizing` to the
     backbone's size, bilinear), ``preprocess`` (`preprocess_layer`), ``backbone`` (the nested headless model;
     blocks are found by layer name inside it) and the head layers of `kcnn.layers.classifier_head`
-    (``avg_pool``/``flatten``, ``fc1``..., ``predictions``). The backbone comes back frozen (``trainable=False``),
-    the state of a head-only first phase; `fit_schedule` sets trainability per phase.
+    (``avg_pool``/``flatten``, ``fc1``..., ``predictions``). The backbone comes back frozen
+    (``trainable=False``), the state of a head-only first phase; `fit_schedule` sets trainability per phase.
 
     Args:
         backbone: A `Backbone`.
         classes: Number of classes (softmax output).
-        head: "gap" (global average pooling -> dense), "dense" (flatten -> dense) or "conv" (convolutional head).
+        head: "gap" (global average pooling -> dense), "dense" (flatten -> dense) or "conv" (convolutional
+            head).
         dropout: Dropout after each hidden layer (needs `hidden`).
         hidden: Widths of hidden fully connected layers, e.g. (256,).
         image_size: Size the images are resized to: an int or (height, width). Default: the backbone's
@@ -678,7 +695,8 @@ def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: 
         TensorShape([2, 10])
     """
     if not isinstance(backbone, Backbone):
-        raise ValueError(f"`backbone` must be a kcnn.transfer.Backbone. Received: backbone={type(backbone).__name__}")
+        raise ValueError("`backbone` must be a kcnn.transfer.Backbone. Received: "
+                         f"backbone={type(backbone).__name__}")
     rate = kl.check_rate("dropout", dropout)
     hidden = tuple(int(units) for units in (hidden or ()))
     if rate and not hidden:
@@ -689,7 +707,8 @@ def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: 
     if image_size is not None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2:
-            raise ValueError(f"`image_size` must be an int or (height, width). Received: image_size={image_size!r}")
+            raise ValueError("`image_size` must be an int or (height, width). Received: "
+                             f"image_size={image_size!r}")
         _check_shape(backbone.name, (*size, channels), backbone.min_size)
         if size != (height, width):
             body = _rebuild(body, (*size, channels))
@@ -703,7 +722,8 @@ def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: 
     x = preprocess_layer(backbone.preprocessing)(x)
     x = body(x)
     outputs = kl.classifier_head(x, classes, head=head, fc_units=hidden, dropout=rate)
-    return keras.Model(inputs, outputs, name=name or re.sub(r"\W+", "_", f"{backbone.name.lower()}_classifier"))
+    default_name = re.sub(r"\W+", "_", f"{backbone.name.lower()}_classifier")
+    return keras.Model(inputs, outputs, name=name or default_name)
 
 
 def _parts(model: keras.Model):
@@ -721,7 +741,7 @@ def _parts(model: keras.Model):
 
 
 def block_layers(model: keras.Model, backbone: Backbone) -> list[tuple[str, list[str]]]:
-    """The blocks of the backbone nested in ``model`` (grouped again on that model, so a reloaded model works)."""
+    """The blocks of the backbone nested in ``model`` (grouped on that model, so a reloaded one works)."""
     _, body, _ = _parts(model)
     return _group_blocks(body, backbone.source, backbone.name)
 
@@ -771,13 +791,14 @@ def resolve_train(train, block_names: Sequence[str]) -> list[str]:
 def _top_count(spec: str) -> int:
     match = re.fullmatch(r"top:(\d+)", spec)
     if not match or int(match.group(1)) < 1:
-        raise ValueError(f"train must be 'head', 'all', 'top:N' (N >= 1) or a list of block names; got {spec!r}")
+        raise ValueError("train must be 'head', 'all', 'top:N' (N >= 1) or a list of block names; got "
+                         f"{spec!r}")
     return int(match.group(1))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Schedules as data
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 BN_MODES = ("frozen", "train")
 OPTIMIZERS = ("adam", "sgd", "adamw", "rmsprop")
@@ -785,13 +806,16 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 class _FieldError(ValueError):
+    """A bad value of one `Phase` field (``field`` names it)."""
+
     def __init__(self, name, message):
         super().__init__(message)
         self.field = name
 
 
 def _number(name, value, *, minimum=None, strict=False, maximum=None, integer=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or (integer and not float(value).is_integer()):
         kind = "an integer" if integer else "a number"
         raise _FieldError(name, f"field '{name}' must be {kind}; got {value!r}")
     value = int(value) if integer else float(value)
@@ -804,7 +828,8 @@ def _number(name, value, *, minimum=None, strict=False, maximum=None, integer=Fa
 
 def _choice(name, value, choices):
     if value not in choices:
-        raise _FieldError(name, f"field '{name}' must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        options = ", ".join(map(repr, choices))
+        raise _FieldError(name, f"field '{name}' must be one of {options}; got {value!r}")
     return value
 
 
@@ -814,8 +839,8 @@ class Phase:
 
     Args:
         epochs: Epochs in this phase (>= 1).
-        train: "head" (only the new head), "top:N" (the head and the N deepest blocks), "all", or a list of block
-            names (the head always trains).
+        train: "head" (only the new head), "top:N" (the head and the N deepest blocks), "all", or a list of
+            block names (the head always trains).
         lr: Peak learning rate of the head.
         lr_mult: Discriminative rates: the k-th trained block counted from the top of the backbone trains at
             ``lr * lr_mult**k`` (e.g. 0.1: the deepest block at lr/10, the next at lr/100). None: one rate.
@@ -886,15 +911,16 @@ def _validate_phase(phase: Phase) -> dict:
     elif isinstance(train, (list, tuple)) and train and all(isinstance(b, str) and b for b in train):
         train = tuple(train)
     else:
-        raise _FieldError("train", f"field 'train' must be 'head', 'all', 'top:N' or a non-empty list of block "
-                                   f"names; got {train!r}")
+        raise _FieldError("train", f"field 'train' must be 'head', 'all', 'top:N' or a non-empty list of "
+                                   f"block names; got {train!r}")
     lr = _number("lr", phase.lr, minimum=0, strict=True)
     lr_mult = None if phase.lr_mult is None else _number("lr_mult", phase.lr_mult, minimum=0, strict=True)
     _choice("bn", phase.bn, BN_MODES)
     _choice("optimizer", phase.optimizer, OPTIMIZERS)
     warmup = _number("warmup", phase.warmup, minimum=0)
     if warmup >= 1 and warmup > epochs:
-        raise _FieldError("warmup", f"field 'warmup' ({warmup:g} epochs) is longer than the phase ({epochs} epochs)")
+        raise _FieldError("warmup", f"field 'warmup' ({warmup:g} epochs) is longer than the phase ({epochs} "
+                          "epochs)")
     _choice("schedule", phase.schedule, LR_SCHEDULES)
     weight_decay = _number("weight_decay", phase.weight_decay, minimum=0)
     momentum = _number("momentum", phase.momentum, minimum=0, maximum=1)
@@ -933,7 +959,7 @@ class Schedule(list):
         return out
 
     def scale_epochs(self, total_or_factor=None, *, total: int | None = None, factor: float | None = None):
-        """A copy with the epochs rescaled (for a recipe's ``--epochs``); every phase keeps at least one epoch.
+        """A copy with rescaled epochs (for a recipe's ``--epochs``); every phase keeps at least one epoch.
 
         Args:
             total_or_factor: An int is the new total number of epochs (split in proportion to the phases'
@@ -950,7 +976,8 @@ class Schedule(list):
         """
         if total_or_factor is not None:
             if isinstance(total_or_factor, bool) or not isinstance(total_or_factor, (int, float)):
-                raise ValueError(f"scale_epochs takes an int total or a float factor; got {total_or_factor!r}")
+                raise ValueError("scale_epochs takes an int total or a float factor; got "
+                                 f"{total_or_factor!r}")
             if isinstance(total_or_factor, int):
                 total = total_or_factor
             else:
@@ -991,9 +1018,9 @@ class Schedule(list):
 
 
 #: Built-in schedules. "lecture": the lecture's transfer-learning demo (train only the new output layer).
-#: "two-phase": the Keras transfer-learning guide (train the head on the frozen base, then unfreeze the whole base
-#: at a tenth of the rate with BN kept in inference mode). "gradual": ULMFiT-style gradual unfreezing, one more
-#: block per phase from the top.
+#: "two-phase": the Keras transfer-learning guide (train the head on the frozen base, then unfreeze the whole
+#: base at a tenth of the rate with BN kept in inference mode). "gradual": ULMFiT-style gradual unfreezing,
+#: one more block per phase from the top.
 PRESETS = {
     "lecture": [dict(epochs=10, train="head", lr=1e-3, name="head")],
     "two-phase": [
@@ -1032,22 +1059,24 @@ def load_schedule(preset_or_path) -> Schedule:
         schedule = "cosine"
 
     Args:
-        preset_or_path: "lecture", "two-phase", "gradual", a ``.toml``/``.json`` path, a `Schedule`, or a list of
-            `Phase` objects or dicts.
+        preset_or_path: "lecture", "two-phase", "gradual", a ``.toml``/``.json`` path, a `Schedule`, or a list
+            of `Phase` objects or dicts.
 
     Returns:
         A `Schedule`.
 
     Raises:
-        ValueError: unknown preset or missing file; unknown keys or bad values, naming the phase (1-based index
-            and name) and the field, e.g. ``phase 2 ('unfreeze'): unknown field 'lrr'; valid fields: ...``.
+        ValueError: unknown preset or missing file; unknown keys or bad values, naming the phase (1-based
+            index and name) and the field, e.g.
+            ``phase 2 ('unfreeze'): unknown field 'lrr'; valid fields: ...``.
     """
     if isinstance(preset_or_path, Schedule):
         return Schedule(list(preset_or_path))
     if isinstance(preset_or_path, (list, tuple)):
         return _schedule_from_list(list(preset_or_path), "schedule")
     if not isinstance(preset_or_path, (str, os.PathLike)):
-        raise ValueError(f"load_schedule takes a preset name, a path or a list of phases; got {preset_or_path!r}")
+        raise ValueError("load_schedule takes a preset name, a path or a list of phases; got "
+                         f"{preset_or_path!r}")
     text = os.fspath(preset_or_path)
     key = text.lower().replace("_", "-")
     if key in PRESETS:
@@ -1068,7 +1097,8 @@ def load_schedule(preset_or_path) -> Schedule:
     if isinstance(data, dict):
         unknown = [k for k in data if k not in _SCHEDULE_KEYS]
         if unknown:
-            raise ValueError(f"{path}: unknown top-level key {unknown[0]!r}; valid keys: {', '.join(_SCHEDULE_KEYS)} "
+            valid = ", ".join(_SCHEDULE_KEYS)
+            raise ValueError(f"{path}: unknown top-level key {unknown[0]!r}; valid keys: {valid} "
                              f"(phases go in [[phase]] tables)")
         if "phase" not in data:
             raise ValueError(f"{path}: no phases; add [[phase]] tables (TOML) or a \"phase\" list (JSON)")
@@ -1107,7 +1137,8 @@ def _schedule_from_list(items, where) -> Schedule:
         label = f"phase {i}" + (f" ({item['name']!r})" if isinstance(item.get("name"), str) else "")
         unknown = [k for k in item if k not in PHASE_FIELDS]
         if unknown:
-            raise ValueError(f"{label}: unknown field {unknown[0]!r}; valid fields: {', '.join(PHASE_FIELDS)}")
+            valid = ", ".join(PHASE_FIELDS)
+            raise ValueError(f"{label}: unknown field {unknown[0]!r}; valid fields: {valid}")
         if "epochs" not in item:
             raise ValueError(f"{label}: missing field 'epochs'")
         try:
@@ -1118,9 +1149,9 @@ def _schedule_from_list(items, where) -> Schedule:
     return Schedule(phases)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Optimizers: learning-rate schedules and per-block rates
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @keras.saving.register_keras_serializable(package="kcnn")
@@ -1160,8 +1191,8 @@ class PhaseLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         return float(ops.convert_to_numpy(self(step)))
 
     def get_config(self):
-        return dict(rate=self.rate, total_steps=self.total_steps, warmup_steps=self.warmup_steps, decay=self.decay,
-                    offset=self.offset)
+        return dict(rate=self.rate, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                    decay=self.decay, offset=self.offset)
 
 
 class _LayerwiseRates:
@@ -1242,9 +1273,9 @@ def make_optimizer(phase: Phase, learning_rate=None, lr_multipliers: dict | None
     return optimizer
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Fitting a schedule
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 LOSS = "sparse_categorical_crossentropy"
 METRICS = ("accuracy",)
@@ -1273,7 +1304,7 @@ class _TrainView(keras.Model):
 
 
 class _Pinned(keras.callbacks.Callback):
-    """Forwards every hook to a user callback whose ``model`` stays the full classifier while a view trains."""
+    """Forwards every hook to a user callback whose ``model`` stays the classifier while a view trains."""
 
     def __init__(self, inner, target):
         super().__init__()
@@ -1330,10 +1361,10 @@ class ScheduleHistory:
     """What `fit_schedule` returns: one record across all phases.
 
     Attributes:
-        epochs: One dict per epoch run: ``epoch`` (1-based global number, as Keras prints it; pass the last one as
-            ``initial_epoch`` to resume after it), ``phase`` (1-based), ``phase_name``, ``lr`` (the head's rate at
-            the epoch's first step), ``loss``, ``accuracy`` and, with validation data, ``val_loss``,
-            ``val_accuracy``.
+        epochs: One dict per epoch run: ``epoch`` (1-based global number, as Keras prints it; pass the last
+            one as ``initial_epoch`` to resume after it), ``phase`` (1-based), ``phase_name``, ``lr`` (the
+            head's rate at the epoch's first step), ``loss``, ``accuracy`` and, with validation data,
+            ``val_loss``, ``val_accuracy``.
         phases: One dict per phase: ``phase``, ``name``, ``train``, ``blocks`` (trained), ``first_epoch``,
             ``last_epoch`` (1-based, inclusive, as planned), ``epochs_run``, ``skipped`` (all its epochs were
             before ``initial_epoch``), ``cached`` (head trained on cached features), ``trainable_params``,
@@ -1379,13 +1410,19 @@ class ScheduleHistory:
 
 
 class _Recorder(keras.callbacks.Callback):
-    def __init__(self, history, phase_number, phase, lr_at):
+    """Appends one entry per epoch to the `ScheduleHistory`."""
+
+    def __init__(self, history, number, phase, rate, first, steps):
         super().__init__()
-        self.record, self.number, self.phase, self.lr_at = history, phase_number, phase, lr_at
+        self.history, self.number, self.phase = history, number, phase
+        self.rate, self.first, self.steps = rate, first, steps
         self.lr = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.lr = self.lr_at(epoch)
+        if isinstance(self.rate, PhaseLearningRate):
+            self.lr = self.rate.value((epoch - self.first) * self.steps)
+        else:
+            self.lr = float(self.rate)
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, "phase": self.number, "phase_name": self.phase.name, "lr": self.lr}
@@ -1394,7 +1431,7 @@ class _Recorder(keras.callbacks.Callback):
                 entry[key] = float(value)
             except (TypeError, ValueError):
                 pass
-        self.record.epochs.append(entry)
+        self.history.epochs.append(entry)
 
 
 def _as_dataset(data):
@@ -1437,15 +1474,67 @@ def _iterate_xy(batch):
 
 
 class _FeatureCache:
-    """Backbone features of the train / validation data, computed once while the backbone does not change."""
+    """Backbone features of the train / validation data, computed once while the backbone does not change.
 
-    def __init__(self):
-        self.train = None  # (features, extras tuple, batch size, shuffled)
+    With a global-pooling head the pooled features are cached (the pooling has no weights), otherwise the
+    feature map; a small functional model made of the classifier's own head layers trains on them.
+    """
+
+    def __init__(self, pre, body, head):
+        self.pre, self.body, self.head = pre, body, head
+        pooling = (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D)
+        self.pool = head[0] if head and isinstance(head[0], pooling) else None
+        self.train = None  # (features, (labels[, weights]), batch size, shuffled)
         self.val = None
-        self.seconds = 0.0
+        self.refused = False  # the training data were found augmented
+
+    @property
+    def ready(self) -> bool:
+        return self.train is not None
 
     def invalidate(self):
         self.train = self.val = None
+
+    def fill(self, train_ds, val_ds, augmented, verbose) -> float:
+        """Compute the features unless they are cached; returns the seconds spent."""
+        if self.train is not None or self.refused:
+            return 0.0
+        started = time.perf_counter()
+        size = self._estimate_bytes(train_ds) + (self._estimate_bytes(val_ds) if val_ds is not None else 0)
+        if size > FEATURE_CACHE_LIMIT_BYTES:
+            if verbose:
+                print(f"feature cache: about {size / 1024**3:.1f} GiB of features exceeds "
+                      f"FEATURE_CACHE_LIMIT_BYTES; running the backbone every epoch", flush=True)
+            self.refused = True
+            return time.perf_counter() - started
+        plan, _ = _cache_plan(train_ds, augmented, self.pre, self.body, self.pool, verbose)
+        if plan is None:
+            self.refused = True
+            return time.perf_counter() - started
+        self.train = plan
+        if val_ds is not None:
+            feats, extras, batch_size, _ = _extract(self.pre, self.body, self.pool, val_ds, False)
+            self.val = (feats, extras, batch_size, False)
+        return time.perf_counter() - started
+
+    def _estimate_bytes(self, ds) -> int:
+        shape = self.body.outputs[0].shape[1:]
+        per_example = shape[-1] if self.pool is not None else int(np.prod(shape))
+        batch = _iterate_xy(next(iter(ds)))[0]
+        return 4 * per_example * int(batch.shape[0]) * _steps_per_epoch(ds)
+
+    def runner(self) -> keras.Model:
+        inputs = keras.Input(self.train[0].shape[1:], name="features")
+        x = inputs
+        for layer in (self.head[1:] if self.pool is not None else self.head):
+            x = layer(x)
+        return keras.Model(inputs, x, name="head_on_features")
+
+    def train_dataset(self):
+        return _cached_dataset(self.train)
+
+    def val_dataset(self):
+        return _cached_dataset(self.val) if self.val is not None else None
 
 
 def _extract(pre, body, pool, ds, with_fingerprints):
@@ -1478,13 +1567,17 @@ def _cache_plan(ds, augmented, pre, body, pool, verbose):
     feats, extras, batch_size, first = _extract(pre, body, pool, ds, True)
     second = _data_fingerprints(ds)
     same_order = first.shape == second.shape and np.array_equal(first, second)
-    same_set = first.shape == second.shape and np.array_equal(np.sort(first, axis=0), np.sort(second, axis=0))
+    same_set = first.shape == second.shape and np.array_equal(_sorted_rows(first), _sorted_rows(second))
     if not same_set and augmented is None:
         if verbose:
-            print("feature cache: the training data differ between passes (random augmentation?); running the "
-                  "backbone every epoch (pass augmented=False to cache anyway)", flush=True)
+            print("feature cache: the training data differ between passes (random augmentation?); running "
+                  "the backbone every epoch (pass augmented=False to cache anyway)", flush=True)
         return None, time.perf_counter() - started
     return (feats, extras, batch_size, not same_order), time.perf_counter() - started
+
+
+def _sorted_rows(a: np.ndarray) -> np.ndarray:
+    return a[np.lexsort(a.T[::-1])]
 
 
 def _cached_dataset(plan):
@@ -1517,29 +1610,30 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
                  on_phase_end: Callable | None = None) -> ScheduleHistory:
     """Fine-tune a `classifier` through the phases of a schedule.
 
-    Each phase is one ``fit`` with its own optimizer (loss: sparse categorical cross-entropy, metric: accuracy)
-    after setting trainability: the head always trains, the phase's blocks train, every other layer is frozen.
-    Epoch numbers run on across phases (phase k starts where phase k-1 was planned to end). Before each phase a
-    line such as ``phase 2/3 'unfreeze': train=top:2, lr=1e-4, epochs 4-6`` is printed, after it a summary line.
+    Each phase is one ``fit`` with its own optimizer (loss: sparse categorical cross-entropy, metric:
+    accuracy) after setting trainability: the head always trains, the phase's blocks train, every other layer
+    is frozen. Epoch numbers run on across phases (phase k starts where phase k-1 was planned to end). Before
+    each phase a line such as ``phase 2/3 'unfreeze': train=top:2, lr=1e-4, epochs 4-6`` is printed, after it
+    a summary line.
 
-    Feature caching: a head-only phase (with ``bn="frozen"``, or a backbone without dropout) trains the head on
-    backbone features computed once (resize + preprocess + backbone over the data) through a small model that
-    shares the head layers, so the classifier's head gets the trained weights. The data are read twice to check
-    that they are the same images each pass (no random augmentation; if only their order changes, the cached
-    features are reshuffled each epoch). Features stay valid until a phase trains backbone blocks.
+    Feature caching: a head-only phase (with ``bn="frozen"``, or a backbone without dropout) trains the head
+    on backbone features computed once (resize + preprocess + backbone over the data) through a small model
+    that shares the head layers, so the classifier's head gets the trained weights. The data are read twice to
+    check that they are the same images each pass (no random augmentation; if only their order changes, the
+    cached features are reshuffled each epoch). Features stay valid until a phase trains backbone blocks.
 
     Args:
         model: A `classifier` model (or one loaded from its ``.keras`` file).
         backbone: The `Backbone` it was built from (block structure).
         schedule: A `Schedule`, a list of `Phase`, a preset name or a schedule file (see `load_schedule`).
-        train_ds: Batched ``tf.data.Dataset`` of (raw images in [0, 255], integer labels[, sample weights]), or
-            an ``(x, y)`` tuple of arrays (batched by 32). Must be finite.
+        train_ds: Batched ``tf.data.Dataset`` of (raw images in [0, 255], integer labels[, sample weights]),
+            or an ``(x, y)`` tuple of arrays (batched by 32). Must be finite.
         val_ds: Validation data in the same form, or None.
         callbacks: Keras callbacks. They see the full classifier as ``self.model`` in every phase (also when a
             feature-cache model is training); ``stop_training`` (EarlyStopping) ends the current phase only.
-        initial_epoch: Number of global epochs already finished (resume): phases that ended by then are skipped;
-            the phase containing it continues from there, its learning-rate schedule included. Load the weights
-            saved at that epoch first. Optimizer state starts fresh.
+        initial_epoch: Number of global epochs already finished (resume): phases that ended by then are
+            skipped; the phase containing it continues from there, its learning-rate schedule included. Load
+            the weights saved at that epoch first. Optimizer state starts fresh.
         steps_per_execution: Passed to ``compile`` (16 is much faster on CPU, FINDINGS.md).
         verbose: Keras verbosity; 0 also silences the phase lines.
         feature_cache: Allow the feature cache for head-only phases.
@@ -1547,8 +1641,8 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
             even if the two passes differ); None: detect.
         bn_momentum: Momentum for the BN layers that train during ``bn="train"`` phases (restored after the
             phase); None keeps each layer's own (keras.applications: 0.99, too slow for few steps).
-        on_phase_end: Called after every phase as ``on_phase_end(phase_number, phase, history)`` (1-based number),
-            e.g. to save weights or plots.
+        on_phase_end: Called after every phase as ``on_phase_end(phase_number, phase, history)`` (1-based
+            number), e.g. to save weights or plots.
 
     Returns:
         A `ScheduleHistory`. The model is left compiled (loss, accuracy, a stock optimizer of the last phase)
@@ -1563,109 +1657,62 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     schedule = load_schedule(schedule)
     train_ds, val_ds = _as_dataset(train_ds), _as_dataset(val_ds)
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
-        raise ValueError(f"`initial_epoch` must be an integer >= 0. Received: initial_epoch={initial_epoch!r}")
+        raise ValueError("`initial_epoch` must be an integer >= 0. Received: "
+                         f"initial_epoch={initial_epoch!r}")
     pre, body, head = _parts(model)
     all_blocks = block_layers(model, backbone)
-    block_names = [b for b, _ in all_blocks]
     plans = []
     for number, phase in enumerate(schedule, start=1):
         try:
-            plans.append(resolve_train(phase.train, block_names))
+            plans.append(resolve_train(phase.train, [b for b, _ in all_blocks]))
         except ValueError as err:
             raise ValueError(f"phase {number} ({phase.name!r}): {err}") from None
     steps = _steps_per_epoch(train_ds)
     history = ScheduleHistory()
-    cache = _FeatureCache()
-    stochastic_body = any(isinstance(layer, (layers.Dropout, layers.SpatialDropout2D, layers.GaussianNoise))
-                          for layer in _all_sublayers(body))
-    pool = head[0] if head and isinstance(head[0], (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D)) \
-        else None
+    cache = _FeatureCache(pre, body, head)
+    stochastic_body = any(isinstance(layer, _STOCHASTIC) for layer in _all_sublayers(body))
     last_phase = schedule[-1]
-    for number, (phase, (start, end), trained) in enumerate(zip(schedule, schedule.boundaries(), plans), start=1):
-        record = dict(phase=number, name=phase.name, train=phase.train_spec, blocks=trained, first_epoch=start + 1,
-                      last_epoch=end, epochs_run=0, skipped=end <= initial_epoch, cached=False,
-                      trainable_params=0, seconds=0.0, cache_seconds=0.0)
+    for number, (phase, (start, end), trained) in enumerate(
+            zip(schedule, schedule.boundaries(), plans), start=1):
+        record = dict(phase=number, name=phase.name, train=phase.train_spec, blocks=trained,
+                      first_epoch=start + 1, last_epoch=end, epochs_run=0, skipped=end <= initial_epoch,
+                      cached=False, trainable_params=0, seconds=0.0, cache_seconds=0.0)
         history.phases.append(record)
         if end <= initial_epoch:
             continue
         first = max(start, initial_epoch)
         set_trainable(model, backbone, list(trained) or "head")
         record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-        multipliers = _discriminative(model, trained, all_blocks, phase.lr_mult) if phase.lr_mult and trained \
-            else None
-        offset = (first - start) * steps
-        warmup_steps = int(round(phase.warmup_epochs * steps))
-        if phase.schedule == "constant" and warmup_steps == 0:
-            rate = phase.lr
-        else:
-            rate = PhaseLearningRate(phase.lr, phase.epochs * steps, warmup_steps, phase.schedule, offset)
-
-        def lr_at(epoch, rate=rate, first=first):
-            return rate if isinstance(rate, float) else rate.value((epoch - first) * steps)
-
+        multipliers = None
+        if phase.lr_mult is not None and trained:
+            multipliers = _discriminative(model, trained, all_blocks, phase.lr_mult)
+        rate = _phase_rate(phase, steps, offset=(first - start) * steps)
         use_cache = (feature_cache and not trained and augmented is not True
                      and (phase.bn == "frozen" or not stochastic_body))
-        plan = None
         if use_cache:
-            if cache.train is None:
-                plan, seconds = _cache_plan(train_ds, augmented, pre, body, pool, verbose)
-                record["cache_seconds"] = seconds
-                if plan is not None:
-                    cache.train = plan
-                    if val_ds is not None:
-                        feats, extras, batch_size, _ = _extract(pre, body, pool, val_ds, False)
-                        cache.val = (feats, extras, batch_size, False)
-                else:
-                    use_cache = False
-            if use_cache and _nbytes(cache) > FEATURE_CACHE_LIMIT_BYTES:
-                if verbose:
-                    print(f"feature cache: {_nbytes(cache) / 1024**3:.1f} GiB of features exceeds the limit; "
-                          f"running the backbone every epoch", flush=True)
-                cache.invalidate()
-                use_cache = False
+            record["cache_seconds"] = cache.fill(train_ds, val_ds, augmented, verbose)
+            use_cache = cache.ready
         record["cached"] = bool(use_cache)
         if verbose:
-            extras = [f"bn={phase.bn}"] if phase.bn != "frozen" else []
-            if phase.schedule != "constant":
-                extras.append(f"schedule={phase.schedule}")
-            if phase.warmup:
-                extras.append(f"warmup={phase.warmup:g}")
-            if multipliers:
-                extras.append(f"lr_mult={phase.lr_mult:g}")
-            if first > start:
-                extras.append(f"resuming after epoch {first}")
-            if use_cache:
-                extras.append("cached features")
-            print(f"phase {number}/{len(schedule)} {phase.name!r}: train={phase.train_spec}, lr={_fmt_lr(phase.lr)}, "
-                  f"epochs {start + 1}-{end}" + "".join(f", {e}" for e in extras), flush=True)
-        optimizer = make_optimizer(phase, rate, multipliers)
+            line = _header(number, len(schedule), phase, start, end, first, multipliers, use_cache)
+            print(line, flush=True)
         if use_cache:
-            head_input = keras.Input(cache.train[0].shape[1:], name="features")
-            x = head_input
-            for layer in (head[1:] if pool is not None else head):
-                x = layer(x)
-            runner = keras.Model(head_input, x, name="head_on_features")
-            fit_train = _cached_dataset(cache.train)
-            fit_val = _cached_dataset(cache.val) if cache.val is not None else None
+            runner, fit_train, fit_val = cache.runner(), cache.train_dataset(), cache.val_dataset()
         else:
             runner = _TrainView(pre, body, head, body_training=phase.bn == "train")
             fit_train, fit_val = train_ds, val_ds
-        saved_momentum = {}
-        if phase.bn == "train" and bn_momentum is not None:
-            for layer in _all_sublayers(body):
-                if isinstance(layer, layers.BatchNormalization) and layer.trainable:
-                    saved_momentum[layer] = layer.momentum
-                    layer.momentum = float(bn_momentum)
-        runner.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS), steps_per_execution=steps_per_execution)
-        model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS))
-        recorder = _Recorder(history, number, phase, lr_at)
-        started = time.perf_counter()
-        before = len(history.epochs)
+        optimizer = make_optimizer(phase, rate, multipliers)
+        runner.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS),
+                       steps_per_execution=steps_per_execution)
+        model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS))  # what callbacks see
+        recorder = _Recorder(history, number, phase, rate, first, steps)
+        started, before = time.perf_counter(), len(history.epochs)
+        restore = _set_bn_momentum(body, bn_momentum) if phase.bn == "train" else {}
         try:
-            runner.fit(fit_train, validation_data=fit_val, initial_epoch=first, epochs=end, verbose=verbose, shuffle=False,
-                       callbacks=[recorder, *(_Pinned(c, model) for c in callbacks)])
+            runner.fit(fit_train, validation_data=fit_val, initial_epoch=first, epochs=end, verbose=verbose,
+                       shuffle=False, callbacks=[recorder, *(_Pinned(c, model) for c in callbacks)])
         finally:
-            for layer, momentum in saved_momentum.items():
+            for layer, momentum in restore.items():
                 layer.momentum = momentum
         record["seconds"] = time.perf_counter() - started
         record["epochs_run"] = len(history.epochs) - before
@@ -1681,6 +1728,45 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     return history
 
 
+_STOCHASTIC = (layers.Dropout, layers.SpatialDropout2D, layers.GaussianNoise, layers.GaussianDropout)
+
+
+def _phase_rate(phase: Phase, steps: int, offset: int):
+    """The learning rate of a phase: a float, or a `PhaseLearningRate` for warm-up / cosine."""
+    warmup_steps = int(round(phase.warmup_epochs * steps))
+    if phase.schedule == "constant" and warmup_steps == 0:
+        return phase.lr
+    return PhaseLearningRate(phase.lr, phase.epochs * steps, warmup_steps, phase.schedule, offset)
+
+
+def _set_bn_momentum(body, momentum) -> dict:
+    """Set the momentum of the trainable BN layers; returns {layer: old momentum} to restore."""
+    if momentum is None:
+        return {}
+    old = {}
+    for layer in _all_sublayers(body):
+        if isinstance(layer, layers.BatchNormalization) and layer.trainable:
+            old[layer] = layer.momentum
+            layer.momentum = float(momentum)
+    return old
+
+
+def _header(number, count, phase, start, end, first, multipliers, cached) -> str:
+    extras = [f"bn={phase.bn}"] if phase.bn != "frozen" else []
+    if phase.schedule != "constant":
+        extras.append(f"schedule={phase.schedule}")
+    if phase.warmup:
+        extras.append(f"warmup={phase.warmup:g}")
+    if multipliers:
+        extras.append(f"lr_mult={phase.lr_mult:g}")
+    if first > start:
+        extras.append(f"resuming after epoch {first}")
+    if cached:
+        extras.append("cached features")
+    return (f"phase {number}/{count} {phase.name!r}: train={phase.train_spec}, lr={_fmt_lr(phase.lr)}, "
+            f"epochs {start + 1}-{end}" + "".join(f", {e}" for e in extras))
+
+
 def _all_sublayers(model):
     out = []
     for layer in model.layers:
@@ -1690,27 +1776,22 @@ def _all_sublayers(model):
     return out
 
 
-def _nbytes(cache) -> int:
-    total = 0
-    for part in (cache.train, cache.val):
-        if part is not None:
-            total += part[0].nbytes
-    return total
-
-
 def _summary(number, count, phase, record, epochs) -> str:
-    head = f"phase {number}/{count} {phase.name!r} done: {record['epochs_run']} epochs in {record['seconds']:.1f}s"
+    text = (f"phase {number}/{count} {phase.name!r} done: {record['epochs_run']} epochs "
+            f"in {record['seconds']:.1f}s")
     if not epochs:
-        return head
+        return text
     last = epochs[-1]
-    metrics = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in last)
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    metrics = ", ".join(f"{k} {last[k]:.4f}" for k in keys if k in last)
     tail = f" (features cached in {record['cache_seconds']:.1f}s)" if record["cached"] else ""
-    return f"{head}: {metrics}{tail}"
+    return f"{text}: {metrics}{tail}"
 
 
 __all__ = [
-    "Backbone", "backbone", "classifier", "preprocess_layer", "preprocessing_mode", "PREPROCESSING", "block_layers", "set_trainable",
-    "resolve_train", "Phase", "Schedule", "PRESETS", "load_schedule", "fit_schedule", "ScheduleHistory",
-    "make_optimizer", "PhaseLearningRate", "LayerwiseAdam", "LayerwiseAdamW", "LayerwiseSGD", "LayerwiseRMSprop",
-    "save_checkpoint", "load_checkpoint", "WeightsError", "CHECKPOINT_FORMAT",
+    "Backbone", "backbone", "classifier", "preprocess_layer", "preprocessing_mode", "PREPROCESSING",
+    "block_layers", "set_trainable", "resolve_train", "Phase", "Schedule", "PRESETS", "load_schedule",
+    "fit_schedule", "ScheduleHistory", "make_optimizer", "PhaseLearningRate", "LayerwiseAdam",
+    "LayerwiseAdamW", "LayerwiseSGD", "LayerwiseRMSprop", "save_checkpoint", "load_checkpoint",
+    "WeightsError", "CHECKPOINT_FORMAT",
 ]

@@ -28,7 +28,8 @@ def _dataset(x, y, batch=16):
 
 
 def _bn_layers(model):
-    return [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    body = model.get_layer("backbone")
+    return [layer for layer in body.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def _bn_state(model):
@@ -112,8 +113,8 @@ def test_offline_imagenet_is_a_clear_error(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("family, mode", [
-    ("vgg16", "caffe"), ("resnet", "caffe"), ("resnet_v2", "tf"), ("mobilenet_v2", "tf"), ("densenet", "torch"),
-    ("efficientnet", "none"), ("convnext", "none"),
+    ("vgg16", "caffe"), ("resnet", "caffe"), ("resnet_v2", "tf"), ("mobilenet_v2", "tf"),
+    ("densenet", "torch"), ("efficientnet", "none"), ("convnext", "none"),
 ])
 def test_preprocess_equals_keras_preprocess_input(family, mode):
     x, _ = _images(2, size=8)
@@ -139,7 +140,8 @@ def test_backbone_preprocess_matches_its_family():
 
 def test_weights_from_a_local_h5_file(tmp_path):
     keras.utils.set_random_seed(1)
-    source = keras.applications.MobileNetV2(include_top=True, weights=None, input_shape=(32, 32, 3), classes=5)
+    source = keras.applications.MobileNetV2(include_top=True, weights=None, input_shape=(32, 32, 3),
+                                            classes=5)
     path = tmp_path / "mobilenet_v2_full.h5"
     source.save(path)  # legacy HDF5 of the full model, top included
     bb = T.backbone("MobileNetV2", weights=str(path), input_shape=(32, 32, 3))
@@ -161,8 +163,8 @@ def test_classifier_takes_raw_images_of_any_size():
     keras.utils.set_random_seed(2)
     bb = T.backbone("resnet20")
     model = T.classifier(bb, CLASSES)
-    assert [layer.name for layer in model.layers] == ["image", "resize", "preprocess", "backbone", "avg_pool",
-                                                       "predictions"]
+    names = [layer.name for layer in model.layers]
+    assert names == ["image", "resize", "preprocess", "backbone", "avg_pool", "predictions"]
     assert model.input.shape == (None, None, None, 3)
     big, _ = _images(2, size=48)
     small = tf.image.resize(big, (32, 32)).numpy()
@@ -245,9 +247,9 @@ def test_schedule_files_toml_and_json(tmp_path):
     schedule = T.load_schedule(toml_path)
     assert len(schedule) == 2 and schedule.total_epochs == 5
     second = schedule[1]
-    assert (second.train, second.lr_mult, second.bn, second.optimizer, second.warmup, second.schedule,
-            second.weight_decay, second.momentum) == (("block2", "block3"), 0.5, "train", "sgd", 1.0, "cosine",
-                                                      1e-4, 0.8)
+    got = (second.train, second.lr_mult, second.bn, second.optimizer, second.warmup, second.schedule,
+           second.weight_decay, second.momentum)
+    assert got == (("block2", "block3"), 0.5, "train", "sgd", 1.0, "cosine", 1e-4, 0.8)
     json_path = tmp_path / "s.json"
     json_path.write_text(json.dumps(schedule.to_dict()))
     assert T.load_schedule(json_path) == schedule
@@ -266,11 +268,11 @@ def test_schedule_files_toml_and_json(tmp_path):
     ({"epochs": 1, "lr": "fast"}, "phase 2 ('bad'): field 'lr' must be a number; got 'fast'"),
     ({"epochs": 1, "train": "top:0"}, "phase 2 ('bad'): field 'train': train must be"),
     ({"epochs": 1, "train": "some"}, "phase 2 ('bad'): field 'train': train must be"),
-    ({"epochs": 1, "train": []}, "phase 2 ('bad'): field 'train' must be 'head', 'all', 'top:N' or a non-empty"),
+    ({"epochs": 1, "train": []}, "phase 2 ('bad'): field 'train' must be 'head', 'all', 'top:N' or a non"),
     ({"epochs": 1, "bn": "off"}, "phase 2 ('bad'): field 'bn' must be one of 'frozen', 'train'; got 'off'"),
     ({"epochs": 1, "optimizer": "lion"}, "phase 2 ('bad'): field 'optimizer' must be one of 'adam', 'sgd'"),
-    ({"epochs": 1, "schedule": "step"}, "phase 2 ('bad'): field 'schedule' must be one of 'constant', 'cosine'"),
-    ({"epochs": 2, "warmup": 3}, "phase 2 ('bad'): field 'warmup' (3 epochs) is longer than the phase (2 epochs)"),
+    ({"epochs": 1, "schedule": "step"}, "phase 2 ('bad'): field 'schedule' must be one of 'constant', 'cos"),
+    ({"epochs": 2, "warmup": 3}, "phase 2 ('bad'): field 'warmup' (3 epochs) is longer than the phase (2 ep"),
     ({"epochs": 1, "warmup": -0.5}, "phase 2 ('bad'): field 'warmup' must be >= 0"),
     ({"epochs": 1, "lr_mult": 0}, "phase 2 ('bad'): field 'lr_mult' must be > 0; got 0"),
     ({"epochs": 1, "momentum": 1.0}, "phase 2 ('bad'): field 'momentum' must be < 1; got 1.0"),
@@ -401,8 +403,10 @@ def test_epochs_are_continuous_across_phases(run):
     assert [e["phase"] for e in history.epochs] == [1, 2, 2, 3]
     assert [e["phase_name"] for e in history.epochs] == ["head", "unfreeze", "unfreeze", "bn-train"]
     assert [e["lr"] for e in history.epochs] == pytest.approx([0.05, 0.01, 0.01, 0.01])
-    assert all(np.isfinite(e[k]) for e in history.epochs for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-    assert history.history["epoch"] == [1, 2, 3, 4] and history.epoch == [0, 1, 2, 3] and history.last_epoch == 4
+    metrics = ("loss", "accuracy", "val_loss", "val_accuracy")
+    assert all(np.isfinite(e[k]) for e in history.epochs for k in metrics)
+    assert history.history["epoch"] == [1, 2, 3, 4] and history.epoch == [0, 1, 2, 3]
+    assert history.last_epoch == 4
     assert [(p["first_epoch"], p["last_epoch"], p["epochs_run"]) for p in history.phases] == \
         [(1, 1, 1), (2, 3, 2), (4, 4, 1)]
     assert [p["blocks"] for p in history.phases] == [[], ["block3"], ["block2", "block3"]]
@@ -439,7 +443,8 @@ def test_frozen_bn_keeps_moving_statistics_bit_for_bit(run):
             assert np.array_equal(after[name][0], mean) and np.array_equal(after[name][1], var), name
     last = run["bn_after"][2]  # bn="train" on block2..3: those move, block1 stays bit for bit
     block_of = {n: b for b, names in run["bb"].blocks for n in names}
-    changed = {block_of[name] for name, (mean, _) in before.items() if not np.array_equal(last[name][0], mean)}
+    changed = {block_of[name] for name, (mean, _) in before.items()
+               if not np.array_equal(last[name][0], mean)}
     assert changed == {"block2", "block3"}
     for name, (mean, var) in before.items():
         if block_of[name] == "block1":
@@ -459,7 +464,8 @@ def test_resume_from_a_finished_epoch_gives_the_same_weights(run):
     model.set_weights(run["watch"].snapshots[2])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        history = T.fit_schedule(model, bb, SCHEDULE, run["train"], initial_epoch=2, verbose=0, bn_momentum=0.8)
+        history = T.fit_schedule(model, bb, SCHEDULE, run["train"], initial_epoch=2, verbose=0,
+                                 bn_momentum=0.8)
     assert [e["epoch"] for e in history.epochs] == [3, 4]
     assert [e["phase"] for e in history.epochs] == [2, 3]
     assert [p["skipped"] for p in history.phases] == [True, False, False]
