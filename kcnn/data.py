@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import hashlib
 import os
 import time
 import warnings
@@ -99,7 +100,7 @@ class _MemoryPart(_Part):
 
     def numpy(self):
         if self.num_examples == 0:
-            return np.zeros((0,) + tuple(self.render(tf.constant(self.x[:1])).shape[1:]), np.float32), self.y
+            return self.render(tf.constant(self.x[:0])).numpy(), self.y
         chunks = [self.render(tf.constant(self.x[i:i + 512])).numpy()
                   for i in range(0, self.num_examples, 512)]
         return np.concatenate(chunks), self.y
@@ -270,9 +271,10 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
             ``"standard"``: zero-pad by 1/8 of the side (4 px at 32 px), take a random crop of the original
             size, flip horizontally with probability 1/2; ``"crop"`` (alias ``"standard-noflip"``): the same
             without the flip, for digits and text where a mirror image is another thing.
-        cache: Keep decoded images in memory (``True``), in files with this path prefix (a ``str``), or
-            decode each epoch (``False``). Only tfds sources decode per epoch; the others are decoded once
-            into memory by ``load`` and ignore this.
+        cache: Keep decoded images in memory (``True``), in files under this path prefix (a ``str``; kcnn
+            appends the dataset, a hash of the settings that change the data, and the split), or decode each
+            epoch (``False``). Only tfds sources decode per epoch; the others are decoded once into memory by
+            ``load`` and ignore this. The cache fills during the first full pass over a split.
         limit: Keep only this many training examples, a stratified seeded subset (tfds: the first ones of each
             class in the stored order). Validation and test are unchanged.
         per_class: Keep only this many training examples of each class, chosen like ``limit``. Subsets are
@@ -312,6 +314,8 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
         raise ValueError(f"`seed` must be a non-negative int. Received: seed={seed!r}")
     seed = int(seed)
     augment = _augment_name(augment)
+    if not isinstance(cache, (bool, str, os.PathLike)):
+        raise ValueError(f"`cache` must be True, False or a file path prefix. Received: cache={cache!r}")
     if limit is not None:
         limit = _positive_int("limit", limit)
     if per_class is not None:
@@ -985,7 +989,12 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
             raise DataError(f"tfds dataset {name!r}: asked for {int(quota.sum())} training examples "
                             f"({asked}) but only {n} fit the per-class quota of {quota.tolist()}.")
         streams["train"] = (ds, n)
-    parts = {s: _StreamPart(*streams[s], size, cache) for s in SPLITS}
+    if isinstance(cache, (str, os.PathLike)):   # one file set per split and per setting that changes the data
+        tag = hashlib.sha1(repr((name, size, fractions, limit, per_class, data_dir)).encode()).hexdigest()[:10]
+        prefix = f"{os.fspath(cache)}-{name.replace('/', '_')}-{tag}"
+        parts = {s: _StreamPart(*streams[s], size, f"{prefix}-{s}") for s in SPLITS}
+    else:
+        parts = {s: _StreamPart(*streams[s], size, bool(cache)) for s in SPLITS}
     return class_names, parts
 
 

@@ -279,6 +279,7 @@ def test_folder_source_skips_bad_files_and_reports_empty_classes(tmp_path):
     assert sorted(p.rsplit("/", 1)[-1] for p, _ in splits.skipped) == ["broken.png", "note.jpg"]
     assert all(reason for _, reason in splits.skipped)
     assert splits.num_examples == {"train": 7, "val": 0, "test": 0}
+    assert splits.arrays["val"][0].shape == (0, 8, 8, 3) and splits.arrays["val"][1].shape == (0,)
     x, y = splits.arrays["train"]
     assert y.tolist() == [0, 0, 0, 1, 1, 1, 1]
     assert x.shape == (7, 8, 8, 3)
@@ -454,6 +455,21 @@ def test_tfds_prepared_dataset_resized_subset_augmented(no_network, prepared_tfd
     np.testing.assert_array_equal(first_batch(again.train)[0], x)
 
 
+def test_tfds_file_cache_one_per_split(no_network, prepared_tfds, tmp_path):
+    name, root = prepared_tfds
+    prefix = tmp_path / "cache" / "c"
+    prefix.parent.mkdir()
+    first = kdata.load(f"tfds:{name}", image_size=10, data_dir=root, cache=str(prefix))
+    x1 = first.arrays["test"][0]
+    index_files = sorted(p.name.rsplit("-", 1)[-1].split(".")[0] for p in prefix.parent.glob("*.index"))
+    assert index_files == ["test"]
+    again = kdata.load(f"tfds:{name}", image_size=10, data_dir=root, cache=str(prefix))
+    np.testing.assert_array_equal(again.arrays["test"][0], x1)
+    other = kdata.load(f"tfds:{name}", image_size=8, data_dir=root, cache=str(prefix))
+    assert other.arrays["test"][0].shape == (9, 8, 8, 3)
+    assert len(list(prefix.parent.glob("*.index"))) == 2
+
+
 def test_tfds_not_prepared_says_how_to_prepare(no_network, tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         kdata.load("tfds:cifar10", image_size=32, data_dir=tmp_path)
@@ -499,6 +515,7 @@ def test_bad_sources(source, match):
     ({"limit": 5000}, "limit=5000"),
     ({"batch_size": 0}, "batch_size=0"),
     ({"num_examples": 10}, "shapes"),
+    ({"cache": 3}, "cache=3"),
 ])
 def test_bad_arguments(kwargs, match):
     kwargs = {"image_size": 8, **kwargs}
