@@ -1079,4 +1079,5 @@ def _augment_batch(images, labels, seed, pad: int, flip: bool):
     transforms = tf.stack([scale_x, zero, shift_x, zero, one, dy, zero, zero], axis=1)
     out = tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms, output_shape=shape[1:3],
                                                 fill_value=0.0, interpolation="NEAREST", fill_mode="CONSTANT")
+    out.set_shape(images.shape)
     return out, labels

@@ -58,6 +58,9 @@ def test_batches_have_the_promised_types_and_shapes():
     assert splits.image_size == (12, 20) and splits.num_classes == 10
     assert sum(int(b[1].shape[0]) for b in splits.test) == splits.num_examples["test"]
     assert splits.train.element_spec[0].shape.as_list() == [None, 12, 20, 3]
+    augmented = kdata.load("digits", image_size=(12, 20), augment="standard")
+    assert augmented.train.element_spec[0].shape.as_list() == [None, 12, 20, 3]
+    assert augmented.train.element_spec[1].shape.as_list() == [None]
 
 
 def test_val_pipeline_equals_arrays(digits16):
