@@ -1588,15 +1588,36 @@ def _cached_dataset(plan):
     return ds.batch(batch_size)
 
 
-def _discriminative(model, trained_blocks, all_blocks, lr_mult):
-    """{variable.path: lr_mult**k} for the k-th block from the top among the backbone's blocks."""
+def lr_multipliers(model: keras.Model, backbone: Backbone, blocks, lr_mult: float) -> dict[str, float]:
+    """Discriminative learning rates: ``{variable.path: lr_mult**k}`` for the variables of ``blocks``.
+
+    k counts the backbone's blocks from the top: 1 for the deepest block, 2 for the one below it, and so on
+    (Howard & Ruder 2018). The head is not listed: it trains at the phase's rate.
+
+    Args:
+        model: A `classifier` model.
+        backbone: Its `Backbone`.
+        blocks: Names of the trained blocks.
+        lr_mult: Factor per block going down, e.g. 0.1.
+
+    Returns:
+        A dict for `make_optimizer`'s ``lr_multipliers``.
+
+    Example:
+        >>> lr_multipliers(model, bb, ["conv4", "conv5"], 0.1)["conv5_block3_3_conv/kernel"]
+        0.1
+    """
     _, body, _ = _parts(model)
+    all_blocks = block_layers(model, backbone)
     order = [b for b, _ in all_blocks]
+    unknown = [b for b in blocks if b not in order]
+    if unknown:
+        raise ValueError(f"unknown block {unknown[0]!r}; blocks are: {', '.join(order)}")
     layer_block = {name: block for block, names in all_blocks for name in names}
     multipliers = {}
     for layer in _body_layers(body):
         block = layer_block.get(layer.name)
-        if block not in trained_blocks:
+        if block not in blocks:
             continue
         depth = len(order) - order.index(block)  # 1 for the deepest block
         for variable in layer.trainable_variables:
@@ -1685,7 +1706,7 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
         multipliers = None
         if phase.lr_mult is not None and trained:
-            multipliers = _discriminative(model, trained, all_blocks, phase.lr_mult)
+            multipliers = lr_multipliers(model, backbone, trained, phase.lr_mult)
         rate = _phase_rate(phase, steps, offset=(first - start) * steps)
         use_cache = (feature_cache and not trained and augmented is not True
                      and (phase.bn == "frozen" or not stochastic_body))
@@ -1790,8 +1811,8 @@ def _summary(number, count, phase, record, epochs) -> str:
 
 __all__ = [
     "Backbone", "backbone", "classifier", "preprocess_layer", "preprocessing_mode", "PREPROCESSING",
-    "block_layers", "set_trainable", "resolve_train", "Phase", "Schedule", "PRESETS", "load_schedule",
-    "fit_schedule", "ScheduleHistory", "make_optimizer", "PhaseLearningRate", "LayerwiseAdam",
-    "LayerwiseAdamW", "LayerwiseSGD", "LayerwiseRMSprop", "save_checkpoint", "load_checkpoint",
-    "WeightsError", "CHECKPOINT_FORMAT",
+    "block_layers", "set_trainable", "resolve_train", "lr_multipliers", "Phase", "Schedule", "PRESETS",
+    "load_schedule", "fit_schedule", "ScheduleHistory", "make_optimizer", "PhaseLearningRate",
+    "LayerwiseAdam", "LayerwiseAdamW", "LayerwiseSGD", "LayerwiseRMSprop", "save_checkpoint",
+    "load_checkpoint", "WeightsError", "CHECKPOINT_FORMAT",
 ]

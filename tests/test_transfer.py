@@ -578,3 +578,37 @@ def test_keras_application_blocks_and_round_trip(name, size, first, last, tmp_pa
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     x, _ = _images(2, size=size + 8)
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(loaded(x)), rtol=1e-6, atol=1e-7)
+
+
+def test_stop_training_ends_only_the_current_phase():
+    keras.utils.set_random_seed(7)
+    bb = T.backbone("resnet20")
+    model = T.classifier(bb, CLASSES)
+    x, y = _images(32, seed=2)
+
+    class StopAtSecond(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:  # global epoch 2, inside phase 1
+                self.model.stop_training = True
+
+    schedule = [T.Phase(4, "head"), T.Phase(2, "head", name="more")]
+    history = T.fit_schedule(model, bb, schedule, (x, y), callbacks=[StopAtSecond()], verbose=0)
+    assert [e["epoch"] for e in history.epochs] == [1, 2, 5, 6]  # phase 2 keeps its planned epochs
+    assert [p["epochs_run"] for p in history.phases] == [2, 2]
+    assert [p["cached"] for p in history.phases] == [True, True]
+    assert model.evaluate(x, y, verbose=0)[0] == pytest.approx(history.epochs[-1]["loss"], rel=0.2)
+
+
+def test_discriminative_rates_per_block():
+    bb = T.backbone("allcnn_c", options={"norm": "batch"})
+    model = T.classifier(bb, CLASSES)
+    trained = T.set_trainable(model, bb, "top:2")
+    assert trained == ["block2", "block3"]
+    multipliers = T.lr_multipliers(model, bb, trained, 0.5)
+    assert multipliers["block3_conv2/kernel"] == 0.5 and multipliers["block2_conv1_bn/gamma"] == 0.25
+    assert len(multipliers) == len(model.trainable_variables) - 2  # all but the head's kernel and bias
+    optimizer = T.make_optimizer(T.Phase(1, "top:2", lr_mult=0.5), 1e-3, multipliers)
+    optimizer.build(model.trainable_variables)
+    assert len(optimizer._multiplier_by_key) == len(multipliers)
+    with pytest.raises(ValueError, match="unknown block 'conv9'"):
+        T.lr_multipliers(model, bb, ["conv9"], 0.5)
