@@ -1642,6 +1642,8 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     that shares the head layers, so the classifier's head gets the trained weights. The data are read twice to
     check that they are the same images each pass (no random augmentation; if only their order changes, the
     cached features are reshuffled each epoch). Features stay valid until a phase trains backbone blocks.
+    Random ``tf.data`` ops repeat exactly on every pass once a global seed is set
+    (``keras.utils.set_random_seed``), so such data count as unaugmented: every epoch sees the same images.
 
     Args:
         model: A `classifier` model (or one loaded from its ``.keras`` file).
