@@ -108,7 +108,7 @@ def run(cfg: FinetuneConfig) -> int:
     history = training.fit_run(run_dir, model, bb, schedule, splits, augmented=cfg.augment != "none",
                                verbose=cfg.verbose)
     extra = {"backbone": bb.name, "weights": str(weights), "schedule": cfg.schedule, "data": cfg.data,
-             "per_class": per_class, "train_examples": splits.num_examples.get("train")}
+             "labels_per_class": per_class, "train_examples": splits.num_examples.get("train")}
     if cfg.compare_scratch:
         extra.update(_scratch(cfg, run_dir, bb, schedule, splits, hidden))
     report = training.finish_run(run_dir, model, test_ds=splits.test, class_names=splits.class_names,
