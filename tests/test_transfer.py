@@ -577,7 +577,8 @@ def test_keras_application_blocks_and_round_trip(name, size, first, last, tmp_pa
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     x, _ = _images(2, size=size + 8)
-    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(loaded(x)), rtol=1e-6, atol=1e-7)
+    # Not bit for bit: squeeze-excite / layer-norm reductions vary in the last bits between calls.
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(loaded(x)), rtol=1e-5, atol=1e-6)
 
 
 def test_stop_training_ends_only_the_current_phase():
