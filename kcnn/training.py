@@ -311,7 +311,8 @@ def finish_run(run: RunDir, model, *, test_ds, class_names, history, seed, extra
     write_history_csv(run.path / "history.csv", history)
     plots.learning_curves(history, run.path / "curves.png", title=title)
     plots.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run.path / "confusion.png")
-    model.save(run.path / "model.keras")
+    # saved uncompiled: the last phase's optimizer state is of no use to someone who loads the model
+    keras.Model(model.inputs, model.outputs, name=model.name).save(run.path / "model.keras")
     _atomic_write(run.path / "report.json", json.dumps(_jsonable(report), indent=1))
     run.complete()
     return report
