@@ -154,3 +154,14 @@ def test_resume_after_kill_9(tmp_path):
     assert [r["phase"] for r in rows] == ["head"] * 3 + ["fine-tune"] * 3
     report = json.loads((out / "report.json").read_text())
     assert report["epochs"] == 6 and [p["epochs"] for p in report["phases"]] == [[1, 3], [4, 6]]
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers(tmp_path):
+    reports = []
+    for name in ("a", "b"):
+        assert finetune.main(TINY + ["--out", str(tmp_path / name)]) == 0
+        reports.append(json.loads((tmp_path / name / "report.json").read_text()))
+        reports[-1]["history"] = [{k: v for k, v in r.items()} for r in _history(tmp_path / name)]
+    for key in ("test_accuracy", "test_loss", "scratch_test_accuracy", "confusion_matrix", "history"):
+        assert reports[0][key] == reports[1][key], key
