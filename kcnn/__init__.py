@@ -14,3 +14,13 @@ from kcnn.weights import WeightsError  # noqa: E402,F401
 from kcnn.shapes import (  # noqa: E402,F401
     conv_output_size, count_macs, padding_for, receptive_field, same_padding, summary,
 )
+
+_LAZY = ("data", "transfer", "training", "tuning", "plots", "distribute", "perf")
+
+
+def __getattr__(name):  # kcnn.data, kcnn.transfer, ... import on first use (keras-tuner is slow to import)
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"kcnn.{name}")
+    raise AttributeError(f"module 'kcnn' has no attribute {name!r}")
