@@ -1,8 +1,8 @@
 """keras-tuner search spaces over kcnn's architectures and fine-tuning schedules.
 
-Two `keras_tuner.HyperModel` classes, both declaring their whole search space inside ``build(hp)`` with a default
-for every hyperparameter (so ``build(keras_tuner.HyperParameters())`` gives a sensible model), and tuners that
-record what each trial cost:
+Two `keras_tuner.HyperModel` classes, both declaring their whole search space inside ``build(hp)`` with a
+default for every hyperparameter (so ``build(keras_tuner.HyperParameters())`` gives a sensible model), and
+tuners that record what each trial cost:
 
 * `HyperCNN`: a network from the kcnn registry trained from scratch: architecture (e.g. resnet20 / vgg11 /
   allcnn_c), batch norm on/off, spatial dropout, pooling vs strided convolutions, CIFAR-ResNet shortcut, the
@@ -11,18 +11,19 @@ record what each trial cost:
   phase-1 epochs and learning rate, how many blocks phase 2 unfreezes, the phase-2 rate ratio, per-block rate
   decay and the BN mode. Its ``fit`` runs the phases through `kcnn.transfer.fit_schedule`.
 * `make_tuner(kind, hypermodel, ...)`: keras-tuner's RandomSearch / BayesianOptimization / Hyperband with two
-  additions: every trial starts from a cleared Keras session and releases its traced graphs when it ends (memory
-  stays flat across trials; see `_release_custom_gradients` for the TensorFlow leak this works around) and writes
-  a small ``kcnn_trial.json`` into its trial folder (epochs trained, seconds, which worker ran it, the error of a failed
-  trial). `trial_records`, `write_trials_csv`, `plot_trials` and `best_hyperparameters` read a search back.
+  additions: every trial starts from a cleared Keras session and releases its traced graphs when it ends
+  (memory stays flat across trials; see `_release_custom_gradients` for the TensorFlow leak this works around)
+  and writes a small ``kcnn_trial.json`` into its trial folder (epochs trained, seconds, which worker ran it,
+  the error of a failed trial). `trial_records`, `write_trials_csv`, `plot_trials` and `best_hyperparameters`
+  read a search back.
 
 Overriding: a ``hp.Fixed(name, value)`` registered before the search (``make_tuner(..., hyperparameters=hp)``,
 see `fixed_hyperparameters`) wins over the search space, also for the conditional hyperparameters below.
 
 Failures: a loss that becomes NaN stops the trial (``TerminateOnNaN``) and fails it with
 ``keras_tuner.errors.FailedTrialError("loss became NaN ...")``; any other exception (out of memory, ...) is
-recorded by keras-tuner as the trial's message and retried ``max_retries_per_trial`` times. The search stops only
-after ``max_consecutive_failed_trials`` failures in a row.
+recorded by keras-tuner as the trial's message and retried ``max_retries_per_trial`` times. The search stops
+only after ``max_consecutive_failed_trials`` failures in a row.
 
 Reference: Li et al., "Hyperband: A Novel Bandit-Based Approach to Hyperparameter Optimization", JMLR 2018;
 Bergstra & Bengio, "Random Search for Hyper-Parameter Optimization", JMLR 2012; the keras-tuner documentation
@@ -62,15 +63,15 @@ OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
 TRIAL_FILE = "kcnn_trial.json"
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Helpers shared by the hypermodels
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def fixed_hyperparameters(values: dict | None) -> kt.HyperParameters:
     """A `keras_tuner.HyperParameters` holding ``hp.Fixed(name, value)`` for each item of ``values``.
 
-    Pass it as ``hyperparameters=`` to `make_tuner` (or any keras-tuner tuner): fixed values win over the search
-    space of `HyperCNN` and `HyperFineTune`, conditional hyperparameters included.
+    Pass it as ``hyperparameters=`` to `make_tuner` (or any keras-tuner tuner): fixed values win over the
+    search space of `HyperCNN` and `HyperFineTune`, conditional hyperparameters included.
 
     Args:
         values: ``{name: value}``, e.g. ``{"model": "resnet20", "learning_rate": 0.01}``.
@@ -114,11 +115,11 @@ def _conditional(hp, name: str, parent_name: str, parent_value, parent_values, d
         return declare()
 
 
-def _raise_on_nan(history: dict, where: str = "") -> None:
+def _raise_on_nan(history: dict) -> None:
     for key in ("loss", "val_loss"):
         for epoch, value in enumerate(history.get(key) or [], start=1):
             if value is None or not math.isfinite(float(value)):
-                raise kt.errors.FailedTrialError(f"{key} became {value} in epoch {epoch}{where} "
+                raise kt.errors.FailedTrialError(f"{key} became {value} in epoch {epoch} "
                                                  f"(diverged: learning rate too high, or NaN in the data)")
 
 
@@ -146,9 +147,9 @@ def _names(name, values) -> tuple[str, ...]:
     return values
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # HyperCNN: architectures from the registry, trained from scratch
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 class HyperCNN(kt.HyperModel):
     """A search space over kcnn registry models trained from scratch.
@@ -196,7 +197,8 @@ class HyperCNN(kt.HyperModel):
         self.num_classes = _positive_int("num_classes", num_classes)
         shape = tuple(input_shape)
         if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
-            raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}")
+            raise ValueError(f"`input_shape` must be (height, width, channels). "
+                             f"Received: input_shape={input_shape!r}")
         self.input_shape = tuple(int(s) for s in shape)
         side = min(self.input_shape[:2])
         if models is None:
@@ -215,9 +217,10 @@ class HyperCNN(kt.HyperModel):
         entry = get_entry(name)  # unknown names raise ValueError with the closest names
         side = min(self.input_shape[:2])
         if entry.min_size > side:
-            raise ValueError(f"{entry.name} needs inputs of at least {entry.min_size}x{entry.min_size} pixels; the "
-                             f"images are {self.input_shape[0]}x{self.input_shape[1]}. Use a larger image size or "
-                             f"other models. Received: models={list(self.models)}")
+            size = f"{entry.min_size}x{entry.min_size}"
+            raise ValueError(f"{entry.name} needs inputs of at least {size} pixels; the images are "
+                             f"{self.input_shape[0]}x{self.input_shape[1]}. Use a larger image size or other "
+                             f"models. Received: models={list(self.models)}")
         return entry.name
 
     def _family_members(self, chosen: str, families) -> list[str]:
@@ -262,8 +265,8 @@ class HyperCNN(kt.HyperModel):
         model = transfer.classifier(bb, self.num_classes, head=head, dropout=float(dropout or 0.0),
                                     hidden=(units,) if units else (), name=f"{name}_tuned")
         bb.model.trainable = True  # from scratch: every layer trains, BN uses batch statistics while training
-        phase = transfer.Phase(epochs=1, train="all", bn="train", lr=float(learning_rate), optimizer=optimizer,
-                               weight_decay=float(weight_decay))
+        phase = transfer.Phase(epochs=1, train="all", bn="train", lr=float(learning_rate),
+                               optimizer=optimizer, weight_decay=float(weight_decay))
         model.compile(optimizer=transfer.make_optimizer(phase), loss=LOSS, metrics=list(METRICS),
                       steps_per_execution=self.steps_per_execution)
         return model
@@ -294,9 +297,9 @@ class HyperCNN(kt.HyperModel):
         return history
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # HyperFineTune: the two-phase transfer schedule
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 class HyperFineTune(kt.HyperModel):
     """A search space over two-phase fine-tuning schedules of pretrained backbones.
@@ -311,12 +314,12 @@ class HyperFineTune(kt.HyperModel):
        (discriminative rates), with BN frozen or training (``bn``), for the rest of the epochs.
 
     Epochs and keras-tuner's budget: the schedule is laid out over ``epochs`` global epochs (set it to the
-    tuner's ``epochs``, i.e. Hyperband's ``max_epochs``). A call ``fit(..., epochs=E, initial_epoch=I)`` trains
-    global epochs I+1..E of that fixed schedule: a short Hyperband round (E below ``head_epochs``) trains the
-    head only, and the next round continues the same schedule from the checkpoint where the last one stopped.
-    An E beyond ``epochs`` lengthens phase 2. Both phases use constant rates, so a truncated schedule trains
-    exactly like the first E epochs of the full one. The objective keras-tuner reads is the best epoch's value
-    (e.g. the highest ``val_accuracy`` of any epoch run in this call), as for `HyperCNN`.
+    tuner's ``epochs``, i.e. Hyperband's ``max_epochs``). A call ``fit(..., epochs=E, initial_epoch=I)``
+    trains global epochs I+1..E of that fixed schedule: a short Hyperband round (E below ``head_epochs``)
+    trains the head only, and the next round continues the same schedule from the checkpoint where the last
+    one stopped. An E beyond ``epochs`` lengthens phase 2. Both phases use constant rates, so a truncated
+    schedule trains exactly like the first E epochs of the full one. The objective keras-tuner reads is the
+    best epoch's value (e.g. the highest ``val_accuracy`` of any epoch run in this call), as for `HyperCNN`.
 
     Hyperparameters (name: values, *default*):
 
@@ -349,16 +352,16 @@ class HyperFineTune(kt.HyperModel):
         tunable: keras-tuner's flag.
 
     Example:
-        >>> hypermodel = HyperFineTune(["resnet20"], weights={"resnet20": "runs/pretrain/ckpt"}, num_classes=10,
-        ...                            image_size=32, epochs=9)
+        >>> hypermodel = HyperFineTune(["resnet20"], weights={"resnet20": "runs/pretrain/ckpt"},
+        ...                            num_classes=10, image_size=32, epochs=9)
         >>> tuner = make_tuner("hyperband", hypermodel, directory="runs/tune-ft", epochs=9)
         >>> tuner.search(splits.train, validation_data=splits.val, epochs=9)
     """
 
     def __init__(self, backbones, weights=None, *, num_classes: int, image_size, epochs: int = 10,
-                 max_unfreeze: int = 4, bn_modes=("frozen", "train"), head: str = "gap", optimizer: str = "adam",
-                 augmented: bool | None = None, steps_per_execution: int = 1, verbose=0, name: str | None = None,
-                 tunable: bool = True):
+                 max_unfreeze: int = 4, bn_modes=("frozen", "train"), head: str = "gap",
+                 optimizer: str = "adam", augmented: bool | None = None, steps_per_execution: int = 1,
+                 verbose=0, name: str | None = None, tunable: bool = True):
         super().__init__(name=name, tunable=tunable)
         self.verbose = verbose
         self.backbones = _names("backbones", backbones)
@@ -373,7 +376,8 @@ class HyperFineTune(kt.HyperModel):
         self.num_classes = _positive_int("num_classes", num_classes)
         size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
         if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
-            raise ValueError(f"`image_size` must be an int or (height, width). Received: image_size={image_size!r}")
+            raise ValueError(f"`image_size` must be an int or (height, width). "
+                             f"Received: image_size={image_size!r}")
         self.image_size = tuple(int(s) for s in size)
         self.epochs = _positive_int("epochs", epochs, minimum=2)
         self.max_unfreeze = _positive_int("max_unfreeze", max_unfreeze)
@@ -385,7 +389,8 @@ class HyperFineTune(kt.HyperModel):
         kl.check_choice("head", head, kl.HEADS)
         self.head = head
         if optimizer not in transfer.OPTIMIZERS:
-            raise ValueError(f"`optimizer` must be one of {list(transfer.OPTIMIZERS)}. Received: optimizer={optimizer!r}")
+            raise ValueError(f"`optimizer` must be one of {list(transfer.OPTIMIZERS)}. "
+                             f"Received: optimizer={optimizer!r}")
         self.optimizer = optimizer
         self.augmented = augmented
         self.steps_per_execution = _positive_int("steps_per_execution", steps_per_execution)
@@ -400,7 +405,8 @@ class HyperFineTune(kt.HyperModel):
         values = dict(
             head_epochs=hp.Int("head_epochs", 1, self.epochs - 1, default=min(default_head, self.epochs - 1)),
             head_lr=hp.Float("head_lr", 1e-4, 1e-1, sampling="log", default=1e-3),
-            unfreeze_blocks=hp.Int("unfreeze_blocks", 1, self.max_unfreeze, default=min(2, self.max_unfreeze)),
+            unfreeze_blocks=hp.Int("unfreeze_blocks", 1, self.max_unfreeze,
+                                   default=min(2, self.max_unfreeze)),
             lr_ratio=hp.Float("lr_ratio", 0.01, 1.0, sampling="log", default=0.1),
             lr_mult=hp.Choice("lr_mult", [1.0, 0.5, 0.25], default=1.0),
             bn=hp.Choice("bn", list(self.bn_modes), default=self.bn_modes[0]),
@@ -423,7 +429,8 @@ class HyperFineTune(kt.HyperModel):
             transfer.Phase(epochs=head_epochs, train="head", lr=float(v["head_lr"]), optimizer=self.optimizer,
                            name="head"),
             transfer.Phase(epochs=self.epochs - head_epochs, train=f"top:{int(v['unfreeze_blocks'])}",
-                           lr=float(v["head_lr"]) * float(v["lr_ratio"]), lr_mult=None if lr_mult == 1.0 else lr_mult,
+                           lr=float(v["head_lr"]) * float(v["lr_ratio"]),
+                           lr_mult=None if lr_mult == 1.0 else lr_mult,
                            bn=v["bn"], optimizer=self.optimizer, name="fine-tune"),
         ])
 
@@ -455,8 +462,8 @@ class HyperFineTune(kt.HyperModel):
             bb = transfer.backbone(name, None, (*self.image_size, 3))
         return bb
 
-    def fit(self, hp, model, x=None, validation_data=None, epochs=None, initial_epoch: int = 0, callbacks=None,
-            verbose=None, **kwargs):
+    def fit(self, hp, model, x=None, validation_data=None, epochs=None, initial_epoch: int = 0,
+            callbacks=None, verbose=None, **kwargs):
         """Run the schedule's phases on ``model`` through `kcnn.transfer.fit_schedule`.
 
         Args:
@@ -472,9 +479,9 @@ class HyperFineTune(kt.HyperModel):
             **kwargs: Ignored fit arguments (e.g. ``batch_size``, which the batched data already fix).
 
         Returns:
-            A ``keras.callbacks.History`` with one value per epoch run of ``loss``, ``accuracy``, ``val_loss``,
-            ``val_accuracy``; its ``schedule_history`` attribute is the `kcnn.transfer.ScheduleHistory` (phases
-            with trained blocks and trainable parameter counts).
+            A ``keras.callbacks.History`` with one value per epoch run of ``loss``, ``accuracy``,
+            ``val_loss``, ``val_accuracy``; its ``schedule_history`` attribute is the
+            `kcnn.transfer.ScheduleHistory` (phases with trained blocks and trainable parameter counts).
 
         Raises:
             keras_tuner.errors.FailedTrialError: the loss became NaN or infinite.
@@ -498,7 +505,7 @@ class HyperFineTune(kt.HyperModel):
 
 
 def _schedule_until(schedule: transfer.Schedule, end: int) -> transfer.Schedule:
-    """The phases of ``schedule`` up to global epoch ``end``: cut where it ends, the last phase lengthened past it."""
+    """The phases of ``schedule`` up to global epoch ``end`` (cut there, or the last phase lengthened)."""
     phases, start = [], 0
     for phase in schedule:
         if start >= end:
@@ -517,12 +524,12 @@ def _replace(phase: transfer.Phase, epochs: int) -> transfer.Phase:
     return dataclasses.replace(phase, epochs=int(epochs))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Tuners
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 class _EpochCounter(keras.callbacks.Callback):
-    """Counts the epochs a trial trains. keras-tuner deep-copies callbacks per trial; this one stays itself."""
+    """Counts the epochs a trial trains (keras-tuner deep-copies callbacks; this one stays itself)."""
 
     def __init__(self):
         super().__init__()
@@ -544,19 +551,20 @@ def _gradient_registry():
 
 
 def _release_custom_gradients(before) -> int:
-    """Drop the ``CustomGradient-N`` entries that tracing added to TensorFlow's gradient registry since ``before``.
+    """Drop the ``CustomGradient-N`` entries tracing added to TensorFlow's gradient registry since ``before``.
 
     Why: Keras 3's TensorFlow optimizer all-reduces the gradients through the replica context even without a
-    distribution strategy; in a traced train step that goes through ``tf.custom_gradient``, which registers a new
-    gradient function globally per trace, and its closure holds the gradient tensors and with them the whole train
-    graph. Nothing removes it, so every trial kept its graph (measured: 8 MB per trial for All-CNN-A at 12 px,
-    30 MB for ResNet-20 with batch norm and Adam; ``keras.backend.clear_session`` does not help). Once a trial's
-    model is gone no graph can use these entries again.
+    distribution strategy; in a traced train step that goes through ``tf.custom_gradient``, which registers a
+    new gradient function globally per trace, and its closure holds the gradient tensors and with them the
+    whole train graph. Nothing removes it, so every trial kept its graph (measured: 8 MB per trial for
+    All-CNN-A at 12 px, 30 MB for ResNet-20 with batch norm and Adam; ``keras.backend.clear_session`` does not
+    help). Once a trial's model is gone no graph can use these entries again.
     """
     registry = _gradient_registry()
     if registry is None or before is None:
         return 0
-    stale = [name for name in list(registry) if name not in before and str(name).startswith("CustomGradient-")]
+    stale = [name for name in list(registry)
+             if name not in before and str(name).startswith("CustomGradient-")]
     for name in stale:
         registry.pop(name, None)
     return len(stale)
@@ -574,8 +582,9 @@ class _TrialRecords:
         previous = _read_json(path) or {}
         counter = _EpochCounter()
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), counter]
-        record = {"trial_id": trial.trial_id, "worker": self.tuner_id, "runs": int(previous.get("runs", 0)) + 1,
-                  "pid": os.getpid(), "started": time.time(), "epochs": 0, "seconds": None, "error": None}
+        record = {"trial_id": trial.trial_id, "worker": self.tuner_id,
+                  "runs": int(previous.get("runs", 0)) + 1, "pid": os.getpid(), "started": time.time(),
+                  "epochs": 0, "seconds": None, "error": None}
         started = time.perf_counter()
         try:
             return super().run_trial(trial, *args, **kwargs)
@@ -603,17 +612,18 @@ class Hyperband(_TrialRecords, kt.Hyperband):
     """keras-tuner's Hyperband with kcnn's per-trial session clearing and trial records."""
 
 
-def make_tuner(kind: str, hypermodel, *, directory, project_name: str = "search", objective: str = "val_accuracy",
-               max_trials: int | None = 10, epochs: int = 10, factor: int = 3, seed: int | None = 0,
-               hyperparameters: kt.HyperParameters | None = None, overwrite: bool = False,
-               max_retries_per_trial: int = 0, max_consecutive_failed_trials: int = 3):
+def make_tuner(kind: str, hypermodel, *, directory, project_name: str = "search",
+               objective: str = "val_accuracy", max_trials: int | None = 10, epochs: int = 10,
+               factor: int = 3, seed: int | None = 0, hyperparameters: kt.HyperParameters | None = None,
+               overwrite: bool = False, max_retries_per_trial: int = 0,
+               max_consecutive_failed_trials: int = 3):
     """A keras-tuner tuner for a kcnn hypermodel.
 
     The project lives in ``directory/project_name``; with ``overwrite=False`` an existing project is reloaded
     (keras-tuner's resume): finished trials are kept, a trial that was running when the process died is run
     again, and a larger ``max_trials`` adds trials. In keras-tuner's distributed mode (environment variables
-    ``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``) the same call makes the chief
-    or a worker.
+    ``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``) the same call makes the
+    chief or a worker.
 
     Args:
         kind: "hyperband", "bayesian" or "random".
@@ -639,7 +649,8 @@ def make_tuner(kind: str, hypermodel, *, directory, project_name: str = "search"
         >>> tuner.search(splits.train, validation_data=splits.val, epochs=3)
     """
     if kind not in TUNERS:
-        raise ValueError(f"Unknown tuner {kind!r}; choose one of {', '.join(TUNERS)}. Received: kind={kind!r}")
+        raise ValueError(f"Unknown tuner {kind!r}; choose one of {', '.join(TUNERS)}. "
+                         f"Received: kind={kind!r}")
     if max_trials is not None:
         _positive_int("max_trials", max_trials)
     common = dict(hypermodel=hypermodel, objective=objective, seed=seed, hyperparameters=hyperparameters,
@@ -647,8 +658,8 @@ def make_tuner(kind: str, hypermodel, *, directory, project_name: str = "search"
                   max_retries_per_trial=int(max_retries_per_trial),
                   max_consecutive_failed_trials=int(max_consecutive_failed_trials))
     if kind == "hyperband":
-        tuner = Hyperband(max_epochs=_positive_int("epochs", epochs), factor=_positive_int("factor", factor, 2),
-                          **common)
+        tuner = Hyperband(max_epochs=_positive_int("epochs", epochs),
+                          factor=_positive_int("factor", factor, 2), **common)
         if max_trials is not None and not isinstance(tuner.oracle, _client_class()):
             tuner.oracle.max_trials = int(max_trials)
         return tuner
@@ -670,9 +681,9 @@ def is_worker() -> bool:
     return utils.has_chief_oracle() and not utils.is_chief_oracle()
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Reading a search back
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def trial_records(tuner) -> list[dict]:
     """One row per trial, in the order they were started.
@@ -869,9 +880,9 @@ def retrain(hypermodel, hyperparameters, train_ds, *, epochs: int, verbose=0):
     return model, rows, phases
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Small file helpers
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
@@ -893,7 +904,8 @@ def _write_json(path, value) -> None:
 
 
 __all__ = [
-    "HyperCNN", "HyperFineTune", "make_tuner", "fixed_hyperparameters", "RandomSearch", "BayesianOptimization",
-    "Hyperband", "trial_records", "write_trials_csv", "search_summary", "plot_trials", "best_hyperparameters",
+    "HyperCNN", "HyperFineTune", "make_tuner", "fixed_hyperparameters", "RandomSearch",
+    "BayesianOptimization", "Hyperband", "trial_records", "write_trials_csv", "search_summary", "plot_trials",
+    "best_hyperparameters",
     "retrain", "is_worker", "TUNERS", "OBJECTIVES", "DEFAULT_MODELS", "TRIAL_FILE",
 ]

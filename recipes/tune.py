@@ -1,23 +1,28 @@
 """Search architectures (--space cnn) or fine-tuning schedules (--space finetune) with keras-tuner.
 
-Writes into --out: best_hyperparameters.json, trials.csv (one row per trial: id, status, score, epochs, seconds,
-worker, hyperparameters, the reason of a failure), trials.png, then retrains the best configuration on train +
-validation and evaluates it on test: report.json, model.keras, labels.json, history.csv, curves.png,
-confusion.png. The keras-tuner project is in --out/search, the search's identity in --out/search.json.
+Writes into --out: best_hyperparameters.json, trials.csv (one row per trial: id, status, score, epochs,
+seconds, worker, hyperparameters, the reason of a failure), trials.png, then retrains the best configuration
+on train + validation and evaluates it on test: report.json, model.keras, labels.json, history.csv,
+curves.png, confusion.png. The keras-tuner project is in --out/search, the search's identity in
+--out/search.json.
 
-    python -m recipes.tune --data digits --image-size 16 --epochs 9               # Hyperband over registry CNNs
+    python -m recipes.tune --image-size 16 --epochs 9                  # Hyperband over registry CNNs
     python -m recipes.tune --tuner random --max-trials 20 --epochs 9 --out runs/tune-random
     python -m recipes.tune --space finetune --backbones resnet20 --weights shapes --epochs 10
     python -m recipes.tune --models resnet20,allcnn_c --fix optimizer=sgd,batch_norm=true
 
 Resume: run the same command with the same --out. Finished trials are kept, a trial that was running when the
-process died runs again, and a larger --max-trials adds trials. An --out holding a different search is refused.
+process died runs again, and a larger --max-trials adds trials. An --out holding a different search is
+refused.
 
-Distributed (keras-tuner's chief/worker mode, same command everywhere, a shared --out):
+Distributed: keras-tuner's chief/worker mode. Start the same command (same --out, on a shared disk) once per
+process, with KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT naming the chief and KERASTUNER_TUNER_ID set to
+"chief" for one process and to a unique name (tuner0, tuner1, ...) for each worker:
 
-    KERASTUNER_TUNER_ID=chief   KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000 python -m recipes.tune ...
-    KERASTUNER_TUNER_ID=tuner0  KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000 python -m recipes.tune ...
-    KERASTUNER_TUNER_ID=tuner1  KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000 python -m recipes.tune ...
+    export KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000
+    KERASTUNER_TUNER_ID=chief  python -m recipes.tune --out runs/tune &
+    KERASTUNER_TUNER_ID=tuner0 python -m recipes.tune --out runs/tune &
+    KERASTUNER_TUNER_ID=tuner1 python -m recipes.tune --out runs/tune &
 
 The chief hands out trials and, when all are done, writes the results and retrains the best configuration; the
 workers run trials and exit.
@@ -45,39 +50,50 @@ PROJECT = "search"
 
 @dataclass
 class TuneConfig:
-    # what to search ---------------------------------------------------------------------------------------------
-    data: str = field(default="digits", metadata={"help": "digits | shapes | tfds:NAME | a folder of class folders"})
-    space: str = field(default="cnn", metadata={"help": "cnn (registry architectures from scratch) | finetune "
-                                                "(two-phase fine-tuning schedules of --backbones)"})
+    # what to search ----------------------------------------------------------------------------------------
+    data: str = field(default="digits", metadata={"help": "digits | shapes | tfds:NAME | a folder of class "
+                                                  "folders"})
+    space: str = field(default="cnn", metadata={"help": "cnn (registry architectures from scratch) | "
+                                                "finetune (two-phase fine-tuning schedules of --backbones)"})
     models: str = field(default="", metadata={"help": "cnn space: comma-separated registry models (default: "
-                                              "resnet20, resnet32, allcnn_c, vgg11, those that fit --image-size)"})
+                                              "resnet20, resnet32, allcnn_c, vgg11, those that fit "
+                                              "--image-size)"})
     backbones: str = field(default="resnet20", metadata={"help": "finetune space: comma-separated backbones "
                                                          "(keras.applications or kcnn names)"})
-    weights: str = field(default="shapes", metadata={"help": "finetune space: shapes (pretrain each backbone on "
-                                                     "kcnn's synthetic glyphs, cached) | imagenet | none | PATH"})
+    weights: str = field(default="shapes", metadata={"help": "finetune space: shapes (pretrain each "
+                                                     "backbone on kcnn's synthetic glyphs, cached) | "
+                                                     "imagenet | none | PATH"})
     fix: str = field(default="", metadata={"help": "fixed hyperparameters NAME=VALUE,... (e.g. "
                                            "model=resnet20,learning_rate=0.01)"})
-    # how to search ----------------------------------------------------------------------------------------------
+    # how to search -----------------------------------------------------------------------------------------
     tuner: str = field(default="hyperband", metadata={"help": "hyperband | bayesian | random"})
-    max_trials: int = field(default=20, metadata={"help": "trials of random and bayesian search; a cap for "
-                                                  "hyperband, whose count follows from --epochs and --factor"})
-    epochs: int = field(default=9, metadata={"help": "epochs per trial (random, bayesian) or Hyperband's maximum"})
+    max_trials: int = field(default=20, metadata={"help": "trials of random and bayesian search; a cap "
+                                                  "for hyperband, whose count follows from --epochs and "
+                                                  "--factor"})
+    epochs: int = field(default=9, metadata={"help": "epochs per trial (random, bayesian) or Hyperband's "
+                                             "maximum"})
     factor: int = field(default=3, metadata={"help": "Hyperband's reduction factor"})
-    objective: str = field(default="val_accuracy", metadata={"help": "val_accuracy | val_loss | accuracy | loss"})
-    max_retries: int = field(default=0, metadata={"help": "reruns of a trial that crashed (e.g. out of memory)"})
+    objective: str = field(default="val_accuracy", metadata={"help": "val_accuracy | val_loss | accuracy | "
+                                                             "loss"})
+    max_retries: int = field(default=0, metadata={"help": "reruns of a trial that crashed (e.g. out of "
+                                                  "memory)"})
     max_failures: int = field(default=5, metadata={"help": "failed trials in a row that stop the search"})
-    # data and training ------------------------------------------------------------------------------------------
+    # data and training -------------------------------------------------------------------------------------
     image_size: int = field(default=32, metadata={"help": "side in pixels the images are loaded at"})
     batch_size: int = field(default=32, metadata={"help": "images per step"})
     per_class: int = field(default=0, metadata={"help": "labelled training images per class (0: all)"})
-    steps_per_execution: int = field(default=1, metadata={"help": "training steps per call (16 is faster on CPU)"})
+    steps_per_execution: int = field(default=1, metadata={"help": "training steps per call (16 is faster on "
+                                                          "CPU)"})
     retrain: bool = field(default=True, metadata={"help": "retrain the best configuration on train+val and "
                                                   "evaluate it on test"})
-    # the run ----------------------------------------------------------------------------------------------------
+    # the run -----------------------------------------------------------------------------------------------
     out: str | None = field(default=None, metadata={"help": "search folder (default runs/tune-<time>)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace what --out holds (a search or anything else)"})
-    seed: int = field(default=0, metadata={"help": "random seed of the data split, the oracle and the training"})
-    verbose: int = field(default=1, metadata={"help": "0 silent, 1 trial summaries, 2 also one line per epoch"})
+    overwrite: bool = field(default=False, metadata={"help": "replace what --out holds (a search or anything "
+                                                     "else)"})
+    seed: int = field(default=0, metadata={"help": "random seed of the data split, the oracle and the "
+                                           "training"})
+    verbose: int = field(default=1, metadata={"help": "0 silent, 1 trial summaries, 2 also one line per "
+                                              "epoch"})
 
 
 #: Settings that may change when a search is resumed; every other one is part of the search's identity.
@@ -161,17 +177,18 @@ def prepare_out(out: Path, ident: dict, overwrite: bool, worker: bool) -> bool:
     if not search_file.is_file():
         if worker:  # the chief has not written it yet
             return True
-        raise _cli.UsageError(f"--out {out} is not empty and holds no kcnn search ({SEARCH_FILE} is missing); "
-                              "choose another --out, or pass --overwrite to replace its contents")
+        raise _cli.UsageError(f"--out {out} is not empty and holds no kcnn search ({SEARCH_FILE} is "
+                              "missing); choose another --out, or pass --overwrite to replace its contents")
     try:
         old = json.loads(search_file.read_text())
     except ValueError:
-        raise _cli.UsageError(f"--out {out}: {SEARCH_FILE} is unreadable; choose another --out or --overwrite")
+        raise _cli.UsageError(f"--out {out}: {SEARCH_FILE} is unreadable; choose another --out or "
+                              "--overwrite")
     changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}" for k in changed)
-        raise _cli.UsageError(f"--out {out} holds a different search ({diffs}); rerun it with the same settings "
-                              "to continue it, choose another --out, or pass --overwrite")
+        raise _cli.UsageError(f"--out {out} holds a different search ({diffs}); rerun it with the same "
+                              "settings to continue it, choose another --out, or pass --overwrite")
     return True
 
 
@@ -206,9 +223,9 @@ def run(cfg: TuneConfig) -> int:
                                      steps_per_execution=cfg.steps_per_execution, verbose=fit_verbose)
     else:
         backbones = _names(cfg.backbones)
-        weights = _backbone_weights(cfg, backbones, worker)
-        hypermodel = tuning.HyperFineTune(backbones, weights, num_classes=num_classes, image_size=input_shape[:2],
-                                          epochs=cfg.epochs, augmented=False,
+        weights = _backbone_weights(cfg, backbones)
+        hypermodel = tuning.HyperFineTune(backbones, weights, num_classes=num_classes,
+                                          image_size=input_shape[:2], epochs=cfg.epochs, augmented=False,
                                           steps_per_execution=cfg.steps_per_execution, verbose=fit_verbose)
     hypermodel.build(tuning.fixed_hyperparameters(fixed))  # bad --fix values fail here, before any writing
     keras.backend.clear_session()
@@ -219,23 +236,31 @@ def run(cfg: TuneConfig) -> int:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         tuning._write_json(out / SEARCH_FILE, ident)
-    tuner = tuning.make_tuner(cfg.tuner, hypermodel, directory=out, project_name=PROJECT, objective=cfg.objective,
-                              max_trials=cfg.max_trials, epochs=cfg.epochs, factor=cfg.factor, seed=cfg.seed,
+    tuner = tuning.make_tuner(cfg.tuner, hypermodel, directory=out, project_name=PROJECT,
+                              objective=cfg.objective, max_trials=cfg.max_trials, epochs=cfg.epochs,
+                              factor=cfg.factor, seed=cfg.seed,
                               hyperparameters=tuning.fixed_hyperparameters(fixed) if fixed else None,
-                              max_retries_per_trial=cfg.max_retries, max_consecutive_failed_trials=cfg.max_failures)
+                              max_retries_per_trial=cfg.max_retries,
+                              max_consecutive_failed_trials=cfg.max_failures)
     if not worker:
         tuner.oracle.verbose = 1 if cfg.verbose else 0  # keras-tuner's trial summaries
         tuner.save()  # a process killed in its first trial resumes that trial
     if cfg.verbose:
-        role = f" as {os.environ.get('KERASTUNER_TUNER_ID')}" if os.environ.get("KERASTUNER_ORACLE_IP") else ""
+        distributed = bool(os.environ.get("KERASTUNER_ORACLE_IP"))
+        role = f" as {os.environ.get('KERASTUNER_TUNER_ID')}" if distributed else ""
         print(f"{'resuming' if resuming else 'starting'} {cfg.tuner} search ({cfg.space}) in {out}{role}",
               flush=True)
+    _keras_tuner_tracebacks(cfg.verbose >= 2)  # a failed trial's reason is in trials.csv either way
     started = time.perf_counter()
     stopped = None
     try:
         tuner.search(splits.train, validation_data=splits.val, epochs=cfg.epochs)
     except RuntimeError as err:  # keras-tuner: too many failed trials in a row
         stopped = " ".join(str(err).split())[:300]
+    except KeyboardInterrupt:
+        print(f"error: interrupted; finished trials are kept, rerun the same command to continue the search "
+              f"in {out}", file=sys.stderr)
+        return 130
     if worker:
         if cfg.verbose:
             print(f"worker {tuner.tuner_id}: no more trials; done", flush=True)
@@ -247,8 +272,8 @@ def run(cfg: TuneConfig) -> int:
                        title=f"{cfg.tuner} search over {cfg.space} on {cfg.data}")
     summary = tuning.search_summary(rows, cfg.objective)
     summary["search_seconds_this_run"] = round(time.perf_counter() - started, 1)
-    print(f"search: {summary['trials']} trials ({summary['completed']} completed, {summary['failed']} failed), "
-          f"{summary['epochs']} training epochs; best {cfg.objective} {_fmt(summary['best_score'])} "
+    print(f"search: {summary['trials']} trials ({summary['completed']} completed, {summary['failed']} "
+          f"failed), {summary['epochs']} training epochs; best {cfg.objective} {_fmt(summary['best_score'])} "
           f"(trial {summary['best_trial']})", flush=True)
     if stopped:
         print(f"error: the search stopped: {stopped} (see {out / 'trials.csv'})", file=sys.stderr)
@@ -265,7 +290,15 @@ def run(cfg: TuneConfig) -> int:
     return _retrain(cfg, out, tuner, hypermodel, best, splits, summary, np, tf)
 
 
-def _backbone_weights(cfg, backbones, worker) -> dict:
+def _keras_tuner_tracebacks(show: bool) -> None:
+    try:
+        from keras_tuner.src import config as kt_config
+    except ImportError:  # pragma: no cover - another keras-tuner layout
+        return
+    kt_config.DEBUG = bool(show)
+
+
+def _backbone_weights(cfg, backbones) -> dict:
     from kcnn import training
 
     choice = cfg.weights.strip()
@@ -279,12 +312,13 @@ def _backbone_weights(cfg, backbones, worker) -> dict:
 
 
 def _retrain(cfg, out, tuner, hypermodel, best, splits, summary, np, tf) -> int:
-    """Train the best configuration on train + val, evaluate on test, write the report (once per best trial)."""
+    """Train the best configuration on train + val, evaluate on test, write the report (once per best)."""
     from kcnn import training, tuning
 
     report_file = out / "report.json"
     previous = tuning._read_json(report_file) or {}
-    if (previous.get("best_trial") == best["trial_id"] and previous.get("best_hyperparameters") == best["hyperparameters"]
+    if (previous.get("best_trial") == best["trial_id"]
+            and previous.get("best_hyperparameters") == best["hyperparameters"]
             and (out / "model.keras").is_file()):
         previous["search"] = summary
         tuning._write_json(report_file, previous)
@@ -300,8 +334,8 @@ def _retrain(cfg, out, tuner, hypermodel, best, splits, summary, np, tf) -> int:
     train_val = (tf.data.Dataset.from_tensor_slices((x, y))
                  .shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True).batch(cfg.batch_size))
     if cfg.verbose:
-        print(f"retraining trial {best['trial_id']}'s configuration on train+val ({len(x)} images, {epochs} epochs)",
-              flush=True)
+        print(f"retraining trial {best['trial_id']}'s configuration on train+val ({len(x)} images, "
+              f"{epochs} epochs)", flush=True)
     training.set_seed(cfg.seed, deterministic=False)
     model, history, phases = tuning.retrain(hypermodel, trial.hyperparameters, train_val, epochs=epochs,
                                             verbose=hypermodel.verbose)
@@ -311,10 +345,11 @@ def _retrain(cfg, out, tuner, hypermodel, best, splits, summary, np, tf) -> int:
              "best_trial": best["trial_id"], "best_score": best["score"],
              "best_hyperparameters": best["hyperparameters"], "retrain_epochs": epochs,
              "train_examples": int(len(x)), "search": summary}
-    report = training.finish_run(run, model, test_ds=splits.test, class_names=splits.class_names, history=history,
-                                 seed=cfg.seed, extra=extra, title=f"best of the {cfg.tuner} search on {cfg.data}")
-    print(f"test accuracy {report['test_accuracy']:.3f} (best trial {best['trial_id']}, retrained on train+val)  "
-          f"({out})", flush=True)
+    report = training.finish_run(run, model, test_ds=splits.test, class_names=splits.class_names,
+                                 history=history, seed=cfg.seed, extra=extra,
+                                 title=f"best of the {cfg.tuner} search on {cfg.data}")
+    print(f"test accuracy {report['test_accuracy']:.3f} (best trial {best['trial_id']}, retrained on "
+          f"train+val)  ({out})", flush=True)
     return 0
 
 
