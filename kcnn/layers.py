@@ -8,6 +8,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from kcnn import perf as _perf  # registers kcnn's fused batch norm: `import kcnn` then loads .keras files
+
 #: Batch-norm momentum for kcnn's own nets. Keras' default (0.99) leaves ~37% of the initial moving statistics
 #: after 100 steps, so a model trained briefly evaluates near chance (FINDINGS.md); 0.9 converges in ~50 steps.
 BN_MOMENTUM = 0.9
@@ -37,8 +39,12 @@ def check_choice(name: str, value, choices) -> object:
 
 
 def batch_norm(name: str, momentum: float = BN_MOMENTUM, epsilon: float = BN_EPSILON) -> layers.Layer:
-    """The batch-norm layer kcnn uses (spatial batch norm: per-channel statistics over N x H x W)."""
-    return layers.BatchNormalization(axis=-1, momentum=momentum, epsilon=epsilon, name=name)
+    """The batch-norm layer kcnn uses (spatial batch norm: per-channel statistics over N x H x W).
+
+    A `kcnn.perf.FusedBatchNormalization` (Keras' layer computed by TensorFlow's fused kernel; same weights,
+    names and config), or Keras' own layer after ``kcnn.perf.use_fused_batch_norm(False)``.
+    """
+    return _perf.batch_norm_class()(axis=-1, momentum=momentum, epsilon=epsilon, name=name)
 
 
 def conv_block(

@@ -53,6 +53,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from kcnn import layers as kl
+from kcnn import perf
 from kcnn import weights as kw
 from kcnn.registry import get_entry, list_models
 from kcnn.weights import WeightsError
@@ -1626,8 +1627,9 @@ def lr_multipliers(model: keras.Model, backbone: Backbone, blocks, lr_mult: floa
 
 
 def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val_ds=None, *, callbacks=(),
-                 initial_epoch: int = 0, steps_per_execution: int = 1, verbose=1, feature_cache: bool = True,
-                 augmented: bool | None = None, bn_momentum: float | None = kl.BN_MOMENTUM,
+                 initial_epoch: int = 0, steps_per_execution: int = perf.DEFAULT_STEPS_PER_EXECUTION,
+                 verbose=1, feature_cache: bool = True, augmented: bool | None = None,
+                 bn_momentum: float | None = kl.BN_MOMENTUM,
                  on_phase_end: Callable | None = None) -> ScheduleHistory:
     """Fine-tune a `classifier` through the phases of a schedule.
 
@@ -1657,7 +1659,7 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         initial_epoch: Number of global epochs already finished (resume): phases that ended by then are
             skipped; the phase containing it continues from there, its learning-rate schedule included. Load
             the weights saved at that epoch first. Optimizer state starts fresh.
-        steps_per_execution: Passed to ``compile`` (16 is much faster on CPU, FINDINGS.md).
+        steps_per_execution: Passed to ``compile``; default `kcnn.perf.DEFAULT_STEPS_PER_EXECUTION` (16).
         verbose: Keras verbosity; 0 also silences the phase lines.
         feature_cache: Allow the feature cache for head-only phases.
         augmented: True: the training data are randomly augmented (never cache); False: they are not (cache

@@ -1,0 +1,220 @@
+"""kcnn.perf and recipes.bench: the fused batch-norm layer equals Keras', the per-device settings, the bench's
+output. Nothing here times anything (the bench runs on 3 tiny steps and only its output format is checked)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import kcnn
+from kcnn import perf
+from recipes import bench
+
+RESNET20_MACS = 40_551_040  # kcnn.count_macs(resnet20 at 32 px)
+RESNET20_PARAMS = 271_098
+
+
+def _pair(shape=(6, 5, 5, 4), momentum=0.9, epsilon=1.001e-5, seed=0):
+    rng = np.random.default_rng(seed)
+    keras_bn = keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name="bn")
+    fused_bn = perf.FusedBatchNormalization(momentum=momentum, epsilon=epsilon, name="bn")
+    for layer in (keras_bn, fused_bn):
+        layer.build(shape)
+    weights = [rng.normal(size=shape[-1]), rng.normal(size=shape[-1]), rng.normal(size=shape[-1]),
+               rng.uniform(0.5, 2.0, size=shape[-1])]
+    weights = [w.astype("float32") for w in weights]
+    keras_bn.set_weights(weights)
+    fused_bn.set_weights(weights)
+    x = rng.normal(1.5, 3.0, size=shape).astype("float32")
+    return keras_bn, fused_bn, x
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_equals_keras(training):
+    keras_bn, fused_bn, x = _pair()
+    for _ in range(3):  # three steps: the moving statistics move (training) or stay (inference)
+        got, want = fused_bn(x, training=training), keras_bn(x, training=training)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-5)
+    for got, want in zip(fused_bn.get_weights(), keras_bn.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    moved = not np.allclose(keras_bn.moving_mean.numpy(), _pair()[0].moving_mean.numpy())
+    assert moved == training
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_gradients_equal_keras(training):
+    keras_bn, fused_bn, x = _pair(seed=1)
+    target = tf.constant(np.random.default_rng(2).normal(size=x.shape).astype("float32"))
+    grads = []
+    for layer in (keras_bn, fused_bn):
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(layer(xt, training=training) * target)
+        grads.append(tape.gradient(loss, [xt, *layer.trainable_weights]))
+    for got, want in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=1e-5)
+
+
+def test_fused_batch_norm_has_keras_weights_and_config():
+    keras_bn, fused_bn, _ = _pair()
+    assert [w.path for w in fused_bn.weights] == [w.path for w in keras_bn.weights] == [
+        "bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance"]
+    assert fused_bn.get_config() == keras_bn.get_config()
+    assert isinstance(fused_bn, keras.layers.BatchNormalization)
+
+
+def test_fused_batch_norm_falls_back_outside_4d_channels_last():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(8, 5)).astype("float32")
+    fused, plain = perf.FusedBatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    np.testing.assert_allclose(fused(x, training=True).numpy(), plain(x, training=True).numpy(), atol=1e-6)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(), atol=1e-6)
+
+
+def test_kcnn_models_use_the_fused_layer_and_it_can_be_switched_off():
+    model = kcnn.build("resnet20", input_shape=(16, 16, 3), classes=3)
+    kinds = {type(layer) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert kinds == {perf.FusedBatchNormalization}
+    before = perf.use_fused_batch_norm(False)
+    try:
+        plain = kcnn.build("resnet20", input_shape=(16, 16, 3), classes=3)
+    finally:
+        perf.use_fused_batch_norm(before)
+    assert before is True
+    assert {type(la) for la in plain.layers if isinstance(la, keras.layers.BatchNormalization)} == {
+        keras.layers.BatchNormalization}
+    assert model.count_params() == plain.count_params()
+    assert [w.path for w in model.weights] == [w.path for w in plain.weights]
+
+
+def test_fused_batch_norm_round_trips_keras_file(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = kcnn.build("resnet20", input_shape=(16, 16, 3), classes=3)
+    x = np.random.default_rng(4).uniform(0, 1, size=(4, 16, 16, 3)).astype("float32")
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)  # moves the moving statistics off their start
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert type(loaded.get_layer("conv1_bn")) is perf.FusedBatchNormalization
+    # A fresh process that only imports kcnn (as recipes.predict does) finds the class.
+    code = ("import keras, kcnn; m = keras.saving.load_model(%r); "
+            "print(keras.saving.get_registered_name(type(m.get_layer('conv1_bn'))))" % str(path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "kcnn>FusedBatchNormalization"
+
+
+@pytest.mark.parametrize("fmt", ["weights.h5", "keras"])
+def test_weight_files_are_interchangeable_with_keras_batch_norm(tmp_path, fmt):
+    """Keras 3 files address variables by class name: the fused layer must read and write Keras' layout."""
+    def net(bn_class):
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+        x = bn_class(name="bn")(x)
+        x = bn_class(name="bn2")(keras.layers.Conv2D(4, 3, name="conv2")(x))
+        return keras.Model(inputs, x)
+
+    keras.utils.set_random_seed(5)
+    x = np.random.default_rng(6).normal(size=(2, 8, 8, 3)).astype("float32")
+    for source, target in ((keras.layers.BatchNormalization, perf.FusedBatchNormalization),
+                           (perf.FusedBatchNormalization, keras.layers.BatchNormalization)):
+        model = net(source)
+        for layer in model.layers:  # non-default statistics, so a silent non-load would show
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.set_weights([w + np.random.default_rng(7).uniform(0.5, 1.0, w.shape).astype("float32")
+                                   for w in layer.get_weights()])
+        path = tmp_path / f"{source.__module__}.{fmt}"
+        if fmt == "keras":
+            model.save(path)
+            other = net(target)
+            other.load_weights(path)
+        else:
+            model.save_weights(path)
+            other = net(target)
+            other.load_weights(path)
+        np.testing.assert_allclose(other.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_auto_settings_on_cpu_and_overrides():
+    assert perf.auto_settings("cpu") == dict(device="cpu", steps_per_execution=16, jit_compile=False,
+                                             mixed_precision="float32", measured=True)
+    if perf.detect_device() == "cpu":
+        assert perf.auto_settings() == perf.auto_settings("cpu")
+    gpu = perf.auto_settings("gpu")
+    assert (gpu["jit_compile"], gpu["measured"], gpu["steps_per_execution"]) == (True, False, 16)
+    assert perf.auto_settings("cpu", steps_per_execution=4, jit_compile=None)["steps_per_execution"] == 4
+    assert perf.auto_settings("cpu", mixed_precision="mixed_bfloat16")["mixed_precision"] == "mixed_bfloat16"
+    for bad in (dict(device="tpu"), dict(steps_per_execution=0), dict(jit_compile="yes"),
+                dict(mixed_precision="fp8"), dict(threads=2)):
+        with pytest.raises(ValueError, match="Received"):
+            perf.auto_settings(**({"device": "cpu"} | bad))
+
+
+def test_fit_schedule_defaults_to_the_perf_steps_per_execution():
+    import inspect
+
+    from kcnn import transfer
+
+    default = inspect.signature(transfer.fit_schedule).parameters["steps_per_execution"].default
+    assert default == perf.DEFAULT_STEPS_PER_EXECUTION == perf.auto_settings("cpu")["steps_per_execution"]
+
+
+def _last_json(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_bench_json_last_line(capsys):
+    code = bench.main(["--steps", "3", "--batch-size", "8", "--epochs", "1", "--peak-size", "128", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    result = _last_json(out)
+    assert result["images_per_sec"] > 0 and result["inference_images_per_sec"] > 0
+    assert result["macs_per_image"] == RESNET20_MACS and result["params"] == RESNET20_PARAMS
+    assert (result["model"], result["batch_size"], result["image_size"]) == ("resnet20", 8, 32)
+    settings = (result["steps_per_execution"], result["jit_compile"], result["mixed_precision"])
+    assert settings == (16, False, "float32")
+    gflops = 6 * RESNET20_MACS * result["images_per_sec"] / 1e9  # 3 forward passes x 2 FLOPs per MAC
+    assert result["train_gflops"] == pytest.approx(gflops, rel=0.01)
+    fraction = result["train_gflops"] / result["peak_gflops"]
+    assert result["train_peak_fraction"] == pytest.approx(fraction, rel=0.05)
+
+
+def test_bench_feature_cache_mode(capsys):
+    code = bench.main(["--feature-cache", "--model", "resnet20", "--image-size", "16", "--cache-images", "64",
+                       "--batch-size", "32", "--epochs", "1", "--peak-size", "0", "--json"])
+    result = _last_json(capsys.readouterr().out)
+    assert code == 0
+    assert result["mode"] == "feature_cache" and result["cache_images"] == 64
+    assert result["feature_cache_speedup"] == pytest.approx(
+        result["naive_epoch_seconds"] / result["cached_epoch_seconds"], rel=0.05)
+
+
+def test_reference_torch_without_torch_exits_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails now, installed or not
+    monkeypatch.delitem(sys.modules, "recipes.bench_torch", raising=False)
+    assert bench.main(["--steps", "1", "--reference", "torch"]) == 2
+    assert "pip install -e .[bench]" in capsys.readouterr().err
+
+
+def test_bench_refuses_bad_options(capsys):
+    assert bench.main(["--steps", "0"]) == 2
+    assert bench.main(["--feature-cache", "--reference", "torch"]) == 2
+    assert bench.main(["--mixed-precision", "fp8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3
+
+
+@pytest.mark.parametrize("arch,shape", [("resnet20", (32, 32, 3)), ("resnet18", (64, 64, 3)),
+                                        ("resnet50", (64, 64, 3))])
+def test_torch_twins_have_kcnn_parameter_counts(arch, shape):
+    pytest.importorskip("torch")
+    from recipes import bench_torch
+
+    model = kcnn.build(arch, input_shape=shape, classes=10)
+    assert bench_torch.count_params(bench_torch.build(arch, 10)) == model.count_params()
