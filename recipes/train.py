@@ -2,6 +2,14 @@
 
     python -m recipes.train --data digits --model resnet20 --epochs 10
     python -m recipes.train --data tfds:cifar10 --model resnet20 --preset he2015     # the ResNet paper's recipe
+    python -m recipes.train --distribute mirrored                                    # all local GPUs
+    TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}' \
+        python -m recipes.train --distribute multiworker                             # on every machine, own index
+
+--batch-size is the global batch, split between the replicas. --distribute mirrored trains with Keras' fit under
+tf.distribute.MirroredStrategy; --distribute multiworker with kcnn.distribute.fit_distributed, a custom loop under
+MultiWorkerMirroredStrategy (Keras' fit fails there). Batch norm uses global-batch statistics in both. Only the
+chief (worker 0) writes the run folder; resume it with --resume on every worker.
 """
 from __future__ import annotations
 
@@ -41,11 +49,16 @@ class TrainConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace a finished run in --out"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 progress bars, 2 one line per epoch"})
+    distribute: str = field(default="none", metadata={
+        "help": "none | mirrored (all local GPUs, or --cpu-devices) | multiworker (machines from TF_CONFIG)",
+        "choices": ["none", "mirrored", "multiworker"]})
+    cpu_devices: int | None = field(default=None, metadata={
+        "help": "with --distribute mirrored: mirror over N logical CPU devices instead of the GPUs (testing)"})
 
 
 def run(cfg: TrainConfig) -> int:
     from kcnn import data as kdata
-    from kcnn import get_entry, training, transfer
+    from kcnn import distribute, get_entry, training, transfer
 
     preset = PRESETS[cfg.preset]
     batch_size = cfg.batch_size or preset["batch_size"]
@@ -59,6 +72,9 @@ def run(cfg: TrainConfig) -> int:
         raise _cli.UsageError(f"--augment must be none, standard or crop; got {augment!r}")
     if cfg.norm not in ("batch", "none"):
         raise _cli.UsageError(f"--norm must be batch or none; got {cfg.norm!r}")
+    if cfg.cpu_devices is not None and (cfg.distribute != "mirrored" or cfg.cpu_devices < 1):
+        raise _cli.UsageError(f"--cpu-devices takes N >= 1 and goes with --distribute mirrored; got --cpu-devices "
+                              f"{cfg.cpu_devices} with --distribute {cfg.distribute}")
     get_entry(cfg.model)  # unknown names fail here, with the closest names
     phases = [dict(p, train="all", bn="train") for p in preset["phases"]]
     if cfg.lr is not None:
@@ -67,21 +83,29 @@ def run(cfg: TrainConfig) -> int:
     schedule = transfer.Schedule([transfer.Phase(**p) for p in phases])
     if cfg.epochs is not None:
         schedule = schedule.scale_epochs(max(cfg.epochs, len(schedule)))
-    config = {**dataclasses.asdict(cfg), "batch_size": batch_size, "augment": augment,
-              "schedule_phases": schedule.to_dict()["phase"]}
-    run_dir = training.RunDir(cfg.out or training.default_out("train"), overwrite=cfg.overwrite,
-                              resume=cfg.resume, config=config).open()
+    # where it runs is no setting of the run: the math is the same, and a resume may run elsewhere
+    config = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("distribute", "cpu_devices")},
+              "batch_size": batch_size, "augment": augment, "schedule_phases": schedule.to_dict()["phase"]}
+    # multiworker: only the chief writes the run folder (the other workers a temporary one)
+    run_dir = distribute.open_run_dir(cfg.distribute, cfg.out or training.default_out("train"),
+                                      overwrite=cfg.overwrite, resume=cfg.resume, config=config)
+    # before anything initializes TensorFlow (logical CPU devices, multi-worker collectives)
+    strategy = distribute.make_strategy(cfg.distribute, cpu_devices=cfg.cpu_devices)
     training.set_seed(cfg.seed)
     splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=batch_size, seed=cfg.seed,
                         augment=None if augment == "none" else augment)
     options = {"norm": None if cfg.norm == "none" else "batch"}
-    bb = transfer.backbone(cfg.model, None, (cfg.image_size, cfg.image_size, 3), options=options)
-    model = transfer.classifier(bb, len(splits.class_names))
-    history = training.fit_run(run_dir, model, bb, schedule, splits, augmented=augment != "none",
-                               verbose=cfg.verbose)
+    with strategy.scope():  # the model, the optimizers and the fit views are made under the strategy
+        bb = transfer.backbone(cfg.model, None, (cfg.image_size, cfg.image_size, 3), options=options)
+        model = transfer.classifier(bb, len(splits.class_names))
+        history = distribute.fit_recipe(strategy, run_dir, model, bb, schedule, splits,
+                                        augmented=augment != "none", verbose=cfg.verbose)
+    if distribute.finish_worker(run_dir, strategy):
+        return 0
     report = training.finish_run(run_dir, model, test_ds=splits.test, class_names=splits.class_names,
                                  history=history, seed=cfg.seed,
-                                 extra={"model": cfg.model, "data": cfg.data, "preset": cfg.preset},
+                                 extra={"model": cfg.model, "data": cfg.data, "preset": cfg.preset,
+                                        "distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync},
                                  title=f"{cfg.model} on {cfg.data}")
     print(f"test accuracy {report['test_accuracy']:.3f}  ({run_dir.path})", flush=True)
     return 0

@@ -1,0 +1,684 @@
+"""Training on several devices and several machines with TensorFlow's distribution engine.
+
+Three kinds of runs, one name each (the recipes' ``--distribute``):
+
+* ``"none"``: TensorFlow's default strategy (one device; what kcnn does without this module).
+* ``"mirrored"``: `tf.distribute.MirroredStrategy`, synchronous data parallelism over all local GPUs, or over
+  N logical CPU devices (``cpu_devices=N``; for tests on a machine without GPUs). kcnn's normal path works
+  under it: build the model **and** call `kcnn.transfer.fit_schedule` inside ``strategy.scope()`` (the
+  per-phase optimizers and fit views that fit_schedule creates are then made under the scope too); see
+  `distributed`.
+* ``"multiworker"``: `tf.distribute.MultiWorkerMirroredStrategy` across processes or machines described by the
+  ``TF_CONFIG`` environment variable. Keras 3's ``fit`` fails under it with the TensorFlow backend (keras
+  issue 20585: "Attempt to convert a value (PerReplica...)"), so `fit_distributed` is a strategy-aware custom
+  training loop that runs a kcnn `Schedule` (trainability per phase, BN modes, learning-rate schedules) and
+  keeps what the recipes rely on: history rows, per-epoch callbacks (run-folder checkpoints), resume.
+
+Batch norm: by default the distributed paths switch every BatchNormalization layer to ``synchronized=True``
+while they train with more than one replica (`synchronized_batch_norm`): batch statistics are then computed
+over the *global* batch, so N replicas compute what one device computes on the same batch, and every replica's
+moving statistics stay identical. Each replica's own statistics (``sync_batch_norm=False``) are cheaper on
+many GPUs with large per-replica batches, but differ from the single-device run and between replicas. Keras'
+synchronized moments compute the variance as E[x^2] - E[x]^2 (and skip the fused kernel), which loses
+precision where a channel's mean is large against its spread; BN nets therefore follow the single-device
+trajectory less closely than nets without BN. The flag is restored afterwards, so a saved model does not keep
+it.
+
+Keras 3.15's ``fit`` under MirroredStrategy fails with ``steps_per_execution`` > 1 ("You must feed a value for
+placeholder tensor ..." in ``multi_step_on_iterator``, measured with 2 logical CPUs); run it with 1
+(`fit_recipe` does).
+
+A ``TF_CONFIG`` for two workers on one machine (each process gets its own ``task.index``)::
+
+    {"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]}, "task": {"type": "worker", "index": 0}}
+
+Worker 0 (or a task of type "chief") is the chief: it writes files; the others write to temporary folders
+(`write_dir`), as TensorFlow recommends. Every worker must run the same program with the same data.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kcnn import layers as kl
+from kcnn import transfer
+
+KINDS = ("none", "mirrored", "multiworker")
+
+
+class DistributeError(ValueError):
+    """A distribution setting that cannot be used as asked (bad TF_CONFIG, devices set up too late, ...)."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Strategies
+# ------------------------------------------------------------------------------------------------------------
+
+
+def configure_cpu_devices(count: int) -> list[str]:
+    """Split the physical CPU into ``count`` logical devices (must run before TensorFlow initializes devices).
+
+    Args:
+        count: Logical CPU devices wanted (>= 1).
+
+    Returns:
+        Their names, ``["/cpu:0", "/cpu:1", ...]``.
+
+    Raises:
+        DistributeError: TensorFlow already initialized its devices with another number of CPUs (anything
+            that creates a tensor, a model or a dataset does that).
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise DistributeError(f"`cpu_devices` must be an integer >= 1. Received: cpu_devices={count!r}")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if not (current and len(current) == count):
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+        except RuntimeError:
+            have = len(tf.config.list_logical_devices("CPU"))
+            if have != count:
+                raise DistributeError(
+                    f"cpu_devices={count}: TensorFlow has already initialized its devices ({have} logical "
+                    f"CPU device(s)). Logical devices must be configured before TensorFlow runs anything: "
+                    f"call kcnn.distribute.make_strategy(..., cpu_devices={count}) first thing in the "
+                    f"process, before building a model, loading data or creating tensors."
+                ) from None
+    return [f"/cpu:{i}" for i in range(count)]
+
+
+def tf_config() -> dict:
+    """The parsed and checked ``TF_CONFIG`` environment variable.
+
+    Returns:
+        ``{"cluster": {task type: [host:port, ...]}, "task": {"type": ..., "index": ...}}``.
+
+    Raises:
+        DistributeError: TF_CONFIG is missing, not JSON, or inconsistent; the message says what is wrong and
+            shows a valid example.
+    """
+    example = ('{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+               '"task": {"type": "worker", "index": 0}} '
+               '(the same cluster on every worker, its own task index on each)')
+    text = os.environ.get("TF_CONFIG")
+    if text is None or not text.strip():
+        raise DistributeError(f"--distribute multiworker needs the TF_CONFIG environment variable, which is "
+                              f"not set. Set it on every worker, e.g. TF_CONFIG='{example}'")
+    try:
+        config = json.loads(text)
+    except ValueError as err:
+        raise DistributeError(f"TF_CONFIG is not valid JSON ({err}). Expected e.g. {example}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict):
+        raise DistributeError(f"TF_CONFIG has no \"cluster\" object. Expected e.g. {example}. "
+                              f"Received: TF_CONFIG={text!r}")
+    cluster = config["cluster"]
+    if not cluster.get("worker") and not cluster.get("chief"):
+        raise DistributeError(f"TF_CONFIG's cluster lists no \"worker\" (or \"chief\") addresses. "
+                              f"Expected e.g. {example}. Received: TF_CONFIG={text!r}")
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
+            raise DistributeError(f"TF_CONFIG's cluster[{kind!r}] must be a list of \"host:port\" strings. "
+                                  f"Received: TF_CONFIG={text!r}")
+    task = config.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise DistributeError(f"TF_CONFIG has no \"task\" with \"type\" and \"index\" (which worker this "
+                              f"process is). Expected e.g. {example}. Received: TF_CONFIG={text!r}")
+    kind, index = task["type"], task["index"]
+    if kind not in cluster:
+        raise DistributeError(f"TF_CONFIG's task type {kind!r} is not in its cluster ({', '.join(cluster)}). "
+                              f"Received: TF_CONFIG={text!r}")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise DistributeError(f"TF_CONFIG's task index must be an integer from 0 to {len(cluster[kind]) - 1} "
+                              f"(the cluster has {len(cluster[kind])} {kind} address(es)). Received: "
+                              f"TF_CONFIG={text!r}")
+    return config
+
+
+def tf_config_is_chief(config: dict | None = None) -> bool:
+    """Whether this process is the chief of the TF_CONFIG cluster (a "chief" task, else worker 0)."""
+    config = tf_config() if config is None else config
+    kind, index = config["task"]["type"], config["task"]["index"]
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in config["cluster"])
+
+
+def _context_initialized() -> bool:
+    try:
+        from tensorflow.python.eager import context
+
+        return context.context()._context_handle is not None  # noqa: SLF001 - no public query exists
+    except Exception:  # pragma: no cover - internals moved
+        return False
+
+
+def make_strategy(kind: str = "none", devices=None, *, cpu_devices: int | None = None):
+    """A `tf.distribute.Strategy` for ``kind``.
+
+    Call it first thing in the process: logical CPU devices and multi-worker collectives must be set up before
+    TensorFlow initializes (before a model, a dataset or a tensor is created).
+
+    Args:
+        kind: "none" (TensorFlow's default strategy, one device), "mirrored" (all local GPUs, or the logical
+            CPU devices asked for) or "multiworker" (`tf.distribute.MultiWorkerMirroredStrategy` from
+            ``TF_CONFIG``).
+        devices: "mirrored" only: explicit device names, e.g. ``["/gpu:0", "/gpu:1"]``.
+        cpu_devices: "mirrored" only: mirror over this many logical CPU devices (made from the physical CPU
+            with `configure_cpu_devices`) instead of the GPUs; for tests.
+
+    Returns:
+        The strategy. Enter ``strategy.scope()`` around model building and fitting (or use `distributed`).
+
+    Raises:
+        DistributeError: an unknown kind, options that do not apply to it, logical CPUs asked for too late,
+            or a missing / invalid TF_CONFIG for "multiworker".
+
+    Example:
+        >>> strategy = make_strategy("mirrored", cpu_devices=2)
+        >>> strategy.num_replicas_in_sync
+        2
+    """
+    if kind not in KINDS:
+        raise DistributeError(f"`kind` must be one of {list(KINDS)}. Received: kind={kind!r}")
+    if kind != "mirrored" and (devices is not None or cpu_devices is not None):
+        raise DistributeError(f"`devices` and `cpu_devices` apply to kind='mirrored' only. Received: "
+                              f"kind={kind!r}, devices={devices!r}, cpu_devices={cpu_devices!r}")
+    if kind == "none":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        if devices is not None and cpu_devices is not None:
+            raise DistributeError("Give `devices` or `cpu_devices`, not both. "
+                                  f"Received: devices={devices!r}, cpu_devices={cpu_devices!r}")
+        if cpu_devices is not None:
+            devices = configure_cpu_devices(cpu_devices)
+        elif devices is None and not tf.config.list_physical_devices("GPU"):
+            warnings.warn("kcnn.distribute: no GPU found; MirroredStrategy runs one replica on the CPU. Pass "
+                          "cpu_devices=N (recipes: --cpu-devices N) to mirror over N logical CPU devices.",
+                          stacklevel=2)
+        return tf.distribute.MirroredStrategy(devices=list(devices) if devices is not None else None)
+    tf_config()  # fails early with a clear message
+    if _context_initialized():
+        warnings.warn("kcnn.distribute: TensorFlow was initialized before MultiWorkerMirroredStrategy was "
+                      "created; create the strategy first thing in the process (tensors made before may "
+                      "fail).",
+                      stacklevel=2)
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+@contextlib.contextmanager
+def distributed(kind: str = "none", devices=None, *, cpu_devices: int | None = None):
+    """Make a strategy (`make_strategy`) and enter its scope; wrap model building and fitting in it.
+
+    Everything that creates variables must be inside: the backbone and classifier, and `fit_schedule` (which
+    makes an optimizer and a fit view per phase) or `fit_distributed`.
+
+    Example:
+        >>> with distributed("mirrored", cpu_devices=2) as strategy:
+        ...     bb = transfer.backbone("resnet20", input_shape=(16, 16, 3))
+        ...     model = transfer.classifier(bb, 10)
+        ...     with synchronized_batch_norm(model):
+        ...         transfer.fit_schedule(model, bb, schedule, train_ds, val_ds, steps_per_execution=1)
+    """
+    strategy = make_strategy(kind, devices, cpu_devices=cpu_devices)
+    with strategy.scope():
+        yield strategy
+
+
+def is_chief(strategy=None) -> bool:
+    """Whether this process writes files (the chief; always True outside multi-worker training)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return bool(strategy.extended.should_checkpoint)
+
+
+def worker_index(strategy=None) -> int:
+    """This process's task index in the cluster (0 outside multi-worker training)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(getattr(resolver, "task_id", None) or 0)
+
+
+def write_dir(path, strategy=None) -> str:
+    """Where this process writes: ``path`` on the chief, a fresh temporary folder on the other workers.
+
+    Non-chief workers still run the same saving code (TensorFlow's advice for multi-worker checkpoints);
+    remove their folder afterwards with `remove_write_dir`.
+    """
+    if is_chief(strategy):
+        return os.fspath(path)
+    return tempfile.mkdtemp(prefix=f"kcnn-worker{worker_index(strategy)}-")
+
+
+def remove_write_dir(path, strategy=None) -> None:
+    """Delete a non-chief worker's temporary folder from `write_dir` (does nothing on the chief)."""
+    if not is_chief(strategy):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _sublayers(model) -> list:
+    out, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        out.append(layer)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return out
+
+
+@contextlib.contextmanager
+def synchronized_batch_norm(model, enabled: bool = True):
+    """Set ``synchronized`` on every BatchNormalization layer in ``model`` (nested models too) until exit.
+
+    Synchronized BN computes training-mode batch statistics over all replicas' examples (Keras' TensorFlow
+    backend all-reduces the sums), so a distributed step normalizes like a single-device step on the same
+    global batch. Outside a distribution strategy it changes nothing (but uses Keras' unfused BN ops).
+
+    Yields:
+        The BN layers.
+    """
+    bn_layers = [layer for layer in _sublayers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    before = {id(layer): layer.synchronized for layer in bn_layers}
+    for layer in bn_layers:
+        layer.synchronized = bool(enabled)
+    try:
+        yield bn_layers
+    finally:
+        for layer in bn_layers:
+            layer.synchronized = before[id(layer)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The custom training loop
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _unpack(batch):
+    if isinstance(batch, dict) or not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise ValueError("fit_distributed's datasets must yield (images, labels) or "
+                         "(images, labels, weights).")
+    return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+
+
+def _replica_sums(runner, batch, training: bool):
+    """(per-example losses, correct predictions, examples) of one replica's batch."""
+    x, y, weights = _unpack(batch)
+    probs = runner(x, training=training)
+    labels = tf.reshape(tf.cast(y, "int64"), [-1])
+    per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+    if weights is not None:
+        per_example = per_example * tf.cast(tf.reshape(weights, [-1]), per_example.dtype)
+    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=-1), labels), "float32"))
+    count = tf.cast(tf.shape(labels)[0], "float32")
+    return per_example, correct, count
+
+
+def _make_train_step(strategy, runner, optimizer, variables, element_spec):
+    def replica_step(batch):
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            per_example, correct, count = _replica_sums(runner, batch, training=True)
+            global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            # the mean over the *actual* global batch (the last one of an epoch may be smaller)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=tf.cast(global_count, "int64"))
+            if runner.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(runner.losses))
+        gradients = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(gradients, variables))  # sums the replicas' gradients
+        return tf.reduce_sum(per_example), correct, count
+
+    def step(batch):
+        sums = strategy.run(replica_step, args=(batch,))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in sums]
+
+    return tf.function(step, input_signature=[element_spec])
+
+
+def _make_eval_step(strategy, runner, element_spec):
+    def replica_step(batch):
+        per_example, correct, count = _replica_sums(runner, batch, training=False)
+        return tf.reduce_sum(per_example), correct, count
+
+    def step(batch):
+        sums = strategy.run(replica_step, args=(batch,))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in sums]
+
+    return tf.function(step, input_signature=[element_spec])
+
+
+def _run_epoch(step, dataset) -> dict:
+    totals = np.zeros(3)
+    for batch in dataset:
+        totals += [float(v) for v in step(batch)]
+    loss_sum, correct, count = totals
+    count = max(count, 1.0)
+    return {"loss": float(loss_sum / count), "accuracy": float(correct / count)}
+
+
+def sync_from_chief(strategy, variables, value: int = 0) -> int:
+    """Copy the chief's values of ``variables`` (float ones) and of ``value`` to every replica and worker.
+
+    Workers start from the same weights after the chief alone restored a checkpoint (no shared file system
+    needed). Implemented as a sum all-reduce in which every replica but the first contributes zeros.
+
+    Returns:
+        The chief's ``value``.
+    """
+    floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
+
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        first = tf.equal(context.replica_id_in_sync_group, 0)
+        chief_value = tf.where(first, tf.cast(value, "float32"), 0.0)
+        out = [context.all_reduce(tf.distribute.ReduceOp.SUM, chief_value)]
+        for variable in floats:
+            tensor = tf.convert_to_tensor(variable)
+            out.append(context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                          tf.where(first, tensor, tf.zeros_like(tensor))))
+        return out
+
+    @tf.function
+    def sync():
+        results = strategy.run(replica_fn)
+        for variable, result in zip(floats, results[1:]):
+            variable.assign(strategy.experimental_local_results(result)[0])
+        return strategy.experimental_local_results(results[0])[0]
+
+    if strategy.num_replicas_in_sync == 1:
+        return int(value)
+    return int(round(float(sync())))
+
+
+def _phase_lr(rate, epoch, first, steps) -> float:
+    if isinstance(rate, transfer.PhaseLearningRate):
+        return rate.value((epoch - first) * steps)
+    return float(rate)
+
+
+def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None, backbone=None, schedule=None,
+                    epochs: int | None = None, optimizer: str = "adam", lr: float = 1e-3, callbacks=(),
+                    initial_epoch: int = 0, sync_batch_norm: bool = True,
+                    bn_momentum: float | None = kl.BN_MOMENTUM, on_phase_end: Callable | None = None,
+                    verbose: int = 1) -> transfer.ScheduleHistory:
+    """Train with a strategy-aware custom loop (works under MultiWorkerMirroredStrategy, where ``fit`` fails).
+
+    Each step runs ``strategy.run`` with a GradientTape: the loss is the mean sparse categorical
+    cross-entropy over the *global* batch (``tf.nn.compute_average_loss`` with the all-reduced example count;
+    sample weights as Keras applies them), the optimizer sums the replicas' gradients; loss and accuracy sums
+    are reduced with ``strategy.reduce("SUM", ...)``. Each element of ``train_ds`` is one global batch, which
+    the strategy splits between replicas (and workers: every worker must build the same dataset in the same
+    order).
+
+    Two modes:
+
+    * ``schedule`` + ``backbone`` (a `kcnn.transfer.classifier` model): the phases of a kcnn `Schedule` with
+      continuous epoch numbers, as `kcnn.transfer.fit_schedule` runs them: trainability per phase
+      (`kcnn.transfer.set_trainable`), the backbone in inference mode unless ``bn="train"``, BN momentum, a
+      new optimizer per phase (`kcnn.transfer.make_optimizer`, with warm-up / cosine rates and ``lr_mult``).
+      No feature cache: the backbone runs in every phase.
+    * otherwise any Keras model ending in softmax: ``epochs`` at ``lr`` with ``optimizer`` ("adam", "sgd",
+      "adamw", "rmsprop"), or a ``schedule`` whose phases all train "all"; the model runs with
+      ``training=True``.
+
+    Callbacks get ``set_model(model)``, ``on_train_begin``, ``on_epoch_begin(epoch)``, ``on_epoch_end(epoch,
+    logs)`` (0-based epoch; logs: loss, accuracy, val_loss, val_accuracy) and ``on_train_end``; setting
+    ``model.stop_training`` ends the current phase. They run on every worker: write files through `write_dir`
+    (kcnn's recipes give non-chief workers a temporary run folder).
+
+    Resume: the chief restores its checkpoint and passes ``initial_epoch``; at the start the chief's weights
+    and ``initial_epoch`` are copied to all workers (`sync_from_chief`), so the others need no checkpoint.
+    Optimizer state starts fresh, as in fit_schedule.
+
+    Args:
+        model: The model (built under ``strategy.scope()``).
+        train_ds: Batched, finite ``tf.data.Dataset`` of (images, integer labels[, sample weights]); the batch
+            size is the global batch size.
+        val_ds: Validation data in the same form, or None.
+        strategy: The strategy; default the one whose scope is active.
+        backbone: The `kcnn.transfer.Backbone` of a classifier model (schedule mode).
+        schedule: A `kcnn.transfer.Schedule`, list of phases, preset name or file.
+        epochs: Epochs without a schedule.
+        optimizer: Optimizer name without a schedule.
+        lr: Learning rate without a schedule.
+        callbacks: Keras-style callbacks, e.g. kcnn's run-folder checkpointing.
+        initial_epoch: Global epochs already finished (resume).
+        sync_batch_norm: Global-batch BN statistics while training with more than one replica
+            (`synchronized_batch_norm`).
+        bn_momentum: Momentum of trained BN layers during ``bn="train"`` phases (schedule mode), as in
+            fit_schedule.
+        on_phase_end: ``on_phase_end(phase_number, phase, history)`` after each phase.
+        verbose: 0 silent; otherwise the chief prints one line per phase and per epoch.
+
+    Returns:
+        A `kcnn.transfer.ScheduleHistory` (rows: epoch, phase, phase_name, lr, loss, accuracy, val_loss,
+        val_accuracy).
+
+    Example:
+        >>> strategy = make_strategy("multiworker")  # first thing in the process
+        >>> with strategy.scope():
+        ...     bb = transfer.backbone("resnet20", input_shape=(32, 32, 3))
+        ...     model = transfer.classifier(bb, 10)
+        ...     history = fit_distributed(model, splits.train, splits.val, strategy=strategy, backbone=bb,
+        ...                               schedule="two-phase")
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if schedule is None:
+        if epochs is None:
+            raise ValueError("fit_distributed needs `epochs` (or a `schedule`). Received: epochs=None")
+        schedule = transfer.Schedule([transfer.Phase(epochs=epochs, train="all", lr=lr, optimizer=optimizer,
+                                                     bn="train", name="train")])
+    schedule = transfer.load_schedule(schedule)
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
+        raise ValueError("`initial_epoch` must be an integer >= 0. Received: "
+                         f"initial_epoch={initial_epoch!r}")
+    if backbone is None:
+        odd = [p.name for p in schedule if p.train != "all"]
+        if odd:
+            raise ValueError(f"Phases that train part of a model need `backbone` (a kcnn.transfer "
+                             f"classifier); phase {odd[0]!r} does not train 'all'.")
+        blocks, plans = [], [[] for _ in schedule]
+    else:
+        blocks = [b for b, _ in transfer.block_layers(model, backbone)]
+        plans = []
+        for number, phase in enumerate(schedule, start=1):
+            try:
+                plans.append(transfer.resolve_train(phase.train, blocks))
+            except ValueError as err:
+                raise ValueError(f"phase {number} ({phase.name!r}): {err}") from None
+    train_ds, val_ds = transfer._as_dataset(train_ds), transfer._as_dataset(val_ds)
+    steps = transfer._steps_per_epoch(train_ds)
+    chief_prints = bool(verbose) and is_chief(strategy)
+
+    with strategy.scope():
+        dist_train = strategy.experimental_distribute_dataset(train_ds)
+        dist_val = strategy.experimental_distribute_dataset(val_ds) if val_ds is not None else None
+        initial_epoch = sync_from_chief(strategy, model.variables, initial_epoch)
+        history = transfer.ScheduleHistory()
+        callbacks = list(callbacks)
+        for callback in callbacks:
+            callback.set_model(model)
+            callback.set_params({"epochs": schedule.total_epochs, "steps": steps, "verbose": verbose})
+        for callback in callbacks:
+            callback.on_train_begin({})
+        sync = sync_batch_norm and strategy.num_replicas_in_sync > 1
+        bn_context = synchronized_batch_norm(model) if sync else contextlib.nullcontext()
+        with bn_context:
+            for number, (phase, (start, end), trained) in enumerate(
+                    zip(schedule, schedule.boundaries(), plans), start=1):
+                record = dict(phase=number, name=phase.name, train=phase.train_spec, blocks=list(trained),
+                              first_epoch=start + 1, last_epoch=end, epochs_run=0,
+                              skipped=end <= initial_epoch, cached=False, trainable_params=0, seconds=0.0,
+                              cache_seconds=0.0)
+                history.phases.append(record)
+                if end <= initial_epoch:
+                    continue
+                first = max(start, initial_epoch)
+                started = time.perf_counter()
+                runner, restore, multipliers = _phase_runner(model, backbone, phase, trained, bn_momentum)
+                try:
+                    variables = runner.trainable_variables
+                    record["trainable_params"] = int(sum(np.prod(v.shape) for v in variables))
+                    rate = transfer._phase_rate(phase, steps, offset=(first - start) * steps)
+                    opt = transfer.make_optimizer(phase, rate, multipliers)
+                    opt.build(variables)
+                    train_step = _make_train_step(strategy, runner, opt, variables, dist_train.element_spec)
+                    eval_step = (_make_eval_step(strategy, runner, dist_val.element_spec)
+                                 if dist_val is not None else None)
+                    if chief_prints:
+                        print(transfer._header(number, len(schedule), phase, start, end, first, multipliers,
+                                               False), flush=True)
+                    model.stop_training = False
+                    for epoch in range(first, end):
+                        epoch_started = time.perf_counter()
+                        for callback in callbacks:
+                            callback.on_epoch_begin(epoch, {})
+                        logs = _run_epoch(train_step, dist_train)
+                        if eval_step is not None:
+                            logs.update({f"val_{k}": v for k, v in _run_epoch(eval_step, dist_val).items()})
+                        row = {"epoch": epoch + 1, "phase": number, "phase_name": phase.name,
+                               "lr": _phase_lr(rate, epoch, first, steps), **logs}
+                        history.epochs.append(row)
+                        record["epochs_run"] += 1
+                        if chief_prints:
+                            metrics = ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
+                            print(f"epoch {epoch + 1}/{schedule.total_epochs}: {metrics} "
+                                  f"({time.perf_counter() - epoch_started:.1f}s)", flush=True)
+                        for callback in callbacks:
+                            callback.on_epoch_end(epoch, dict(logs))
+                        if getattr(model, "stop_training", False):
+                            break
+                finally:
+                    for layer, momentum in restore.items():
+                        layer.momentum = momentum
+                record["seconds"] = time.perf_counter() - started
+                if chief_prints:
+                    ran = history.epochs[len(history.epochs) - record["epochs_run"]:]
+                    print(transfer._summary(number, len(schedule), phase, record, ran), flush=True)
+                if on_phase_end is not None:
+                    on_phase_end(number, phase, history)
+        for callback in callbacks:
+            callback.on_train_end({})
+    return history
+
+
+def _phase_runner(model, backbone, phase, trained, bn_momentum):
+    """(model to call, {BN layer: momentum to restore}, lr multipliers) for one phase."""
+    if backbone is None:
+        return model, {}, None
+    transfer.set_trainable(model, backbone, list(trained) or "head")
+    pre, body, head = transfer._parts(model)
+    runner = transfer._TrainView(pre, body, head, body_training=phase.bn == "train")
+    multipliers = None
+    if phase.lr_mult is not None and trained:
+        multipliers = transfer.lr_multipliers(model, backbone, trained, phase.lr_mult)
+    restore = transfer._set_bn_momentum(body, bn_momentum) if phase.bn == "train" else {}
+    return runner, restore, multipliers
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Run folders (what the recipes call)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def fit_run(run, model, bb, schedule, splits, *, strategy, verbose=1, callbacks=()):
+    """`kcnn.training.fit_run` through `fit_distributed`: per-epoch run-folder checkpoints, resume, phases.
+
+    The chief restores the run folder's last checkpoint; `fit_distributed` copies its weights and epoch to the
+    other workers. Returns the history rows (list of dicts) like ``training.fit_run``.
+    """
+    from kcnn import training
+
+    initial = run.restore(model)
+    if initial and verbose and is_chief(strategy):
+        print(f"resuming {run.path} after epoch {initial} of {schedule.total_epochs}", flush=True)
+    lrs = {}
+
+    def on_phase_end(number, phase, history):
+        record = next(p for p in history.phases if p["phase"] == number)
+        previous = next((p for p in run.state.get("phases", []) if p.get("index") == number), {})
+        run.record_phase({"index": number, "name": phase.name, "train": record["train"],
+                          "blocks": record["blocks"], "epochs": [record["first_epoch"], record["last_epoch"]],
+                          "lr": phase.lr, "cached_features": False,
+                          "seconds": round(previous.get("seconds", 0.0) + record["seconds"], 3)})
+        for row in history.epochs:
+            lrs[row["epoch"]] = row.get("lr")
+
+    tagger = training._PhaseTagger(run, schedule)
+    fit_distributed(model, splits.train, splits.val, strategy=strategy, backbone=bb, schedule=schedule,
+                    callbacks=[tagger, *callbacks], initial_epoch=initial, on_phase_end=on_phase_end,
+                    verbose=verbose)
+    history = run.history
+    for row in history:
+        if row.get("lr") is None and row["epoch"] in lrs:
+            row["lr"] = lrs[row["epoch"]]
+    run.state["history"] = history
+    return history
+
+
+def open_run_dir(kind: str, path, *, overwrite: bool = False, resume: bool = False,
+                 config: dict | None = None):
+    """A recipe's run folder: ``path`` on the chief; a fresh temporary folder on the other workers of a
+    multiworker run (they go through the same saving code, TensorFlow's advice; `finish_worker` deletes it).
+
+    Reads TF_CONFIG, not the strategy, so call it before `make_strategy` (a refused folder then stops the
+    chief before any collective starts).
+
+    Returns:
+        The opened `kcnn.training.RunDir`.
+    """
+    from kcnn import training
+
+    config = dict(config or {})
+    if kind != "multiworker" or tf_config_is_chief(tf_config()):
+        return training.RunDir(path, overwrite=overwrite, resume=resume, config=config).open()
+    tmp = tempfile.mkdtemp(prefix=f"kcnn-worker{tf_config()['task']['index']}-")
+    return training.RunDir(tmp, overwrite=True, config=config).open()
+
+
+def fit_recipe(strategy, run, model, bb, schedule, splits, *, augmented: bool, verbose=1):
+    """What a recipe calls instead of `kcnn.training.fit_run`, under ``strategy.scope()``, for any strategy.
+
+    MultiWorkerMirroredStrategy: `fit_run` (the custom loop). MirroredStrategy: ``training.fit_run`` (Keras'
+    fit) with synchronized BN and ``steps_per_execution=1`` (Keras 3.15's fit fails under MirroredStrategy
+    with more: "You must feed a value for placeholder tensor ..." in ``multi_step_on_iterator``). Otherwise
+    ``training.fit_run`` unchanged.
+
+    Returns:
+        The history rows, as ``training.fit_run``.
+    """
+    from kcnn import training
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return fit_run(run, model, bb, schedule, splits, strategy=strategy, verbose=verbose)
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        with synchronized_batch_norm(model, strategy.num_replicas_in_sync > 1):
+            return training.fit_run(run, model, bb, schedule, splits, augmented=augmented, verbose=verbose,
+                                    steps_per_execution=1)
+    return training.fit_run(run, model, bb, schedule, splits, augmented=augmented, verbose=verbose)
+
+
+def finish_worker(run, strategy) -> bool:
+    """On a non-chief worker: delete its temporary run folder, say so, return True (the recipe stops there).
+
+    Returns False on the chief, which goes on to evaluate and write the run folder.
+    """
+    if is_chief(strategy):
+        return False
+    shutil.rmtree(run.path, ignore_errors=True)
+    print(f"worker {worker_index(strategy)}: training done; the chief writes the run folder", flush=True)
+    return True
+
+
+__all__ = [
+    "KINDS", "DistributeError", "make_strategy", "distributed", "configure_cpu_devices", "tf_config",
+    "tf_config_is_chief", "is_chief", "worker_index", "write_dir", "remove_write_dir",
+    "synchronized_batch_norm",
+    "sync_from_chief", "fit_distributed", "fit_run",
+    "open_run_dir", "fit_recipe", "finish_worker",
+]
