@@ -1,19 +1,29 @@
 """Training speed: the per-device settings kcnn trains with, a fused batch-norm layer, and the machine's peak.
 
-Measured on 2 x86 cores (AVX-512, no AMX) with TensorFlow 2.21 / Keras 3.15, CIFAR ResNet-20 at batch 128
-(``python -m recipes.bench``; numbers in the README's Performance section):
+CIFAR ResNet-20, batch 128, 2 x86 cores (AVX-512, no AMX), TensorFlow 2.21 / Keras 3.15, on a quiet machine
+(FINDINGS.md; re-measure with ``python -m recipes.bench --reference torch`` and its lever options):
+
+=========================================================  ==================
+setup (training)                                           vs PyTorch eager
+=========================================================  ==================
+Keras ``fit`` defaults                                     0.62-0.72x
+``steps_per_execution=16``                                 0.94x
+``steps_per_execution=16`` + fused batch norm (kcnn's)     1.16x
+XLA (``jit_compile=True``)                                 0.42x
+``mixed_bfloat16`` (no AMX)                                0.56x
+``TF_ENABLE_ONEDNN_OPTS=0``                                0.46x
+=========================================================  ==================
 
 * ``steps_per_execution=16`` runs 16 training steps per call into the TensorFlow graph instead of one; the
   per-step Python and dispatch overhead is most of the gap between a plain ``fit`` and PyTorch on a CPU.
-* `FusedBatchNormalization` computes batch norm with TensorFlow's fused kernel (``FusedBatchNormV3``). Keras
-  3's own layer builds it from a dozen separate ops (moments, then normalisation), which on a CPU costs
-  about a fifth of a ResNet-20 training step.
-* XLA (``jit_compile=True``) and ``mixed_bfloat16`` made training slower on this CPU (no AMX); oneDNN
-  (``TF_ENABLE_ONEDNN_OPTS``, on by default on x86) is a large win. TensorFlow's default thread pools were
-  not beaten by explicit ``inter_op`` / ``intra_op`` settings.
+* `FusedBatchNormalization` computes batch norm with TensorFlow's fused kernel (``FusedBatchNormV3``); Keras
+  3's own layer builds it from separate ops (moments, then normalisation), about a fifth of a ResNet-20
+  training step on a CPU (954 -> 1,183 img/s above).
+* XLA and ``mixed_bfloat16`` made training slower on this CPU; oneDNN (on by default on x86) is a large win.
 
 On an NVIDIA GPU `auto_settings` returns the usual defaults there (``mixed_float16`` on tensor-core GPUs,
-XLA on), which have **not been measured** with kcnn; override them when they do not win.
+XLA on: what Keras' ``jit_compile="auto"`` already picks on a GPU), which have **not been measured** with
+kcnn; override them where they do not win.
 """
 from __future__ import annotations
 

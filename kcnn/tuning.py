@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcnn import layers as kl
-from kcnn import transfer
+from kcnn import perf, transfer
 from kcnn.registry import get_entry
 
 LOSS = transfer.LOSS
@@ -178,7 +178,8 @@ class HyperCNN(kt.HyperModel):
         models: Registry names to choose from. Default: those of `DEFAULT_MODELS` whose minimum input size
             fits ``input_shape`` (resnet20, resnet32, allcnn_c, vgg11 at 32 px; vgg needs 32 px).
         optimizers: Optimizer names to choose from ("adam", "sgd", "adamw", "rmsprop").
-        steps_per_execution: Passed to ``compile`` (16 is much faster on CPU).
+        steps_per_execution: Passed to ``compile``; default `kcnn.perf.DEFAULT_STEPS_PER_EXECUTION` (16,
+            much faster on a CPU than 1).
         verbose: Keras verbosity of ``fit`` when the caller passes none (keras-tuner passes ``search``'s).
         name: Optional name of the hypermodel.
         tunable: Whether the hyperparameters are tunable (keras-tuner's flag).
@@ -191,7 +192,8 @@ class HyperCNN(kt.HyperModel):
     """
 
     def __init__(self, num_classes: int, input_shape, models=None, optimizers=("adam", "sgd", "adamw"), *,
-                 steps_per_execution: int = 1, verbose=0, name: str | None = None, tunable: bool = True):
+                 steps_per_execution: int | None = None, verbose=0, name: str | None = None,
+                 tunable: bool = True):
         super().__init__(name=name, tunable=tunable)
         self.verbose = verbose
         self.num_classes = _positive_int("num_classes", num_classes)
@@ -211,7 +213,9 @@ class HyperCNN(kt.HyperModel):
             if opt not in transfer.OPTIMIZERS:
                 raise ValueError(f"Unknown optimizer {opt!r}; choose from {list(transfer.OPTIMIZERS)}. "
                                  f"Received: optimizers={list(self.optimizers)}")
-        self.steps_per_execution = _positive_int("steps_per_execution", steps_per_execution)
+        self.steps_per_execution = _positive_int(
+            "steps_per_execution", perf.DEFAULT_STEPS_PER_EXECUTION if steps_per_execution is None
+            else steps_per_execution)
 
     def _check_model(self, name: str) -> str:
         entry = get_entry(name)  # unknown names raise ValueError with the closest names
@@ -346,7 +350,7 @@ class HyperFineTune(kt.HyperModel):
         head: Head type of the classifier ("gap", "dense", "conv").
         optimizer: Optimizer of both phases.
         augmented: Passed to ``fit_schedule`` (None: detect whether the training data are augmented).
-        steps_per_execution: Passed to ``fit_schedule``.
+        steps_per_execution: Passed to ``fit_schedule``; default `kcnn.perf.DEFAULT_STEPS_PER_EXECUTION`.
         verbose: Keras verbosity of ``fit`` when the caller passes none (0 also silences the phase lines).
         name: Optional name of the hypermodel.
         tunable: keras-tuner's flag.
@@ -360,8 +364,9 @@ class HyperFineTune(kt.HyperModel):
 
     def __init__(self, backbones, weights=None, *, num_classes: int, image_size, epochs: int = 10,
                  max_unfreeze: int = 4, bn_modes=("frozen", "train"), head: str = "gap",
-                 optimizer: str = "adam", augmented: bool | None = None, steps_per_execution: int = 1,
-                 verbose=0, name: str | None = None, tunable: bool = True):
+                 optimizer: str = "adam", augmented: bool | None = None,
+                 steps_per_execution: int | None = None, verbose=0, name: str | None = None,
+                 tunable: bool = True):
         super().__init__(name=name, tunable=tunable)
         self.verbose = verbose
         self.backbones = _names("backbones", backbones)
@@ -393,7 +398,9 @@ class HyperFineTune(kt.HyperModel):
                              f"Received: optimizer={optimizer!r}")
         self.optimizer = optimizer
         self.augmented = augmented
-        self.steps_per_execution = _positive_int("steps_per_execution", steps_per_execution)
+        self.steps_per_execution = _positive_int(
+            "steps_per_execution", perf.DEFAULT_STEPS_PER_EXECUTION if steps_per_execution is None
+            else steps_per_execution)
         self._backbone_of = weakref.WeakKeyDictionary()
 
     def _weights_for(self, name):

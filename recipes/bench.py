@@ -215,11 +215,13 @@ def run(cfg: BenchConfig) -> int:
                   inter_op=tf.config.threading.get_inter_op_parallelism_threads(),
                   cpu_count=os.cpu_count(), tensorflow=tf.__version__, keras=keras.__version__,
                   load_average_before=load_before)
-    print(f"kcnn bench: {arch}, batch {batch_size}, {image_size}x{image_size} px, {cfg.steps} steps x "
-          f"{cfg.epochs} epochs (+1 untimed); {settings['device']}, steps_per_execution="
-          f"{settings['steps_per_execution']}, jit_compile={settings['jit_compile']}, "
-          f"{settings['mixed_precision']}, batch norm {cfg.batch_norm}, data {cfg.data}"
-          f"{' + prefetch' if cfg.prefetch else ''}, oneDNN {'on' if result['onednn'] else 'off'}; "
+    work = (f"{cfg.cache_images} images" if cfg.feature_cache else
+            f"{cfg.steps} steps, data {cfg.data}{' + prefetch' if cfg.prefetch else ''}")
+    print(f"kcnn bench: {arch}, batch {batch_size}, {image_size}x{image_size} px, {work} x {cfg.epochs} "
+          f"epochs (+1 untimed); {settings['device']}, "
+          f"steps_per_execution={settings['steps_per_execution']}, "
+          f"jit_compile={settings['jit_compile']}, {settings['mixed_precision']}, "
+          f"batch norm {cfg.batch_norm}, oneDNN {'on' if result['onednn'] else 'off'}; "
           f"TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
           f"load average {load_before}",
           flush=True)

@@ -82,8 +82,8 @@ class TuneConfig:
     image_size: int = field(default=32, metadata={"help": "side in pixels the images are loaded at"})
     batch_size: int = field(default=32, metadata={"help": "images per step"})
     per_class: int = field(default=0, metadata={"help": "labelled training images per class (0: all)"})
-    steps_per_execution: int = field(default=1, metadata={"help": "training steps per call (16 is faster on "
-                                                          "CPU)"})
+    steps_per_execution: int | None = field(default=None, metadata={"help": "training steps per call "
+                                                                   "(default: kcnn.perf's, 16)"})
     retrain: bool = field(default=True, metadata={"help": "retrain the best configuration on train+val and "
                                                   "evaluate it on test"})
     # the run -----------------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def check(cfg: TuneConfig) -> None:
     if cfg.objective not in OBJECTIVES:
         raise _cli.UsageError(f"unknown --objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     for name in ("max_trials", "epochs", "image_size", "batch_size", "steps_per_execution", "max_failures"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise _cli.UsageError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(cfg, name)}")
     for name in ("max_retries", "per_class"):
         if getattr(cfg, name) < 0:
