@@ -1660,6 +1660,7 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
             skipped; the phase containing it continues from there, its learning-rate schedule included. Load
             the weights saved at that epoch first. Optimizer state starts fresh.
         steps_per_execution: Passed to ``compile``; default `kcnn.perf.DEFAULT_STEPS_PER_EXECUTION` (16).
+            1 under a strategy with several replicas (Keras' fit fails there with more).
         verbose: Keras verbosity; 0 also silences the phase lines.
         feature_cache: Allow the feature cache for head-only phases.
         augmented: True: the training data are randomly augmented (never cache); False: they are not (cache
@@ -1684,6 +1685,10 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
         raise ValueError("`initial_epoch` must be an integer >= 0. Received: "
                          f"initial_epoch={initial_epoch!r}")
+    if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        # Keras 3.15's fit fails under MirroredStrategy with more ("You must feed a value for placeholder
+        # tensor" in multi_step_on_iterator)
+        steps_per_execution = 1
     pre, body, head = _parts(model)
     all_blocks = block_layers(model, backbone)
     plans = []

@@ -20,6 +20,36 @@ class UsageError(ValueError):
     """Bad input that the recipe itself detects."""
 
 
+#: Fields of a recipe config that say where it runs, not what it computes: left out of a run's config.toml
+#: (a run resumed elsewhere is the same run).
+PLACEMENT = ("distribute", "cpu_devices")
+
+
+def distribute_field() -> dataclasses.Field:
+    """The ``--distribute`` option of the training recipes."""
+    return dataclasses.field(default="none", metadata={
+        "help": "none | mirrored (all local GPUs, or --cpu-devices) | multiworker (machines from TF_CONFIG)",
+        "choices": ["none", "mirrored", "multiworker"]})
+
+
+def cpu_devices_field() -> dataclasses.Field:
+    """The ``--cpu-devices`` option that goes with ``--distribute mirrored``."""
+    return dataclasses.field(default=None, metadata={
+        "help": "with --distribute mirrored: mirror over N logical CPU devices instead of the GPUs (testing)"})
+
+
+def check_distribute(cfg) -> None:
+    """``--cpu-devices`` needs ``--distribute mirrored`` and N >= 1."""
+    if cfg.cpu_devices is not None and (cfg.distribute != "mirrored" or cfg.cpu_devices < 1):
+        raise UsageError(f"--cpu-devices takes N >= 1 and goes with --distribute mirrored; got --cpu-devices "
+                         f"{cfg.cpu_devices} with --distribute {cfg.distribute}")
+
+
+def run_config(cfg, **overrides) -> dict:
+    """``cfg`` as the dict a run folder's config.toml records: without the placement fields, plus overrides."""
+    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in PLACEMENT}, **overrides}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")

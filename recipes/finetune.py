@@ -9,6 +9,7 @@ both test accuracies are reported.
     python -m recipes.finetune --data path/to/folders --backbone VGG16 --weights imagenet --image-size 128
     python -m recipes.finetune --schedule my_schedule.toml --out runs/mine
     python -m recipes.finetune --out runs/mine --resume       # after an interruption
+    python -m recipes.finetune --distribute mirrored          # all local GPUs (see recipes.train for multiworker)
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ class FinetuneConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace a finished run in --out"})
     seed: int = field(default=0, metadata={"help": "random seed (same seed, same numbers on one machine)"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 progress bars, 2 one line per epoch"})
+    distribute: str = _cli.distribute_field()
+    cpu_devices: int | None = _cli.cpu_devices_field()
 
 
 #: The demo's schedule: the head on cached features, then everything at a tenth of the rate with BN frozen.
@@ -71,23 +74,24 @@ def check(cfg: FinetuneConfig) -> None:
         raise _cli.UsageError(f"--per-class must be >= 0 (or -1 for the default); got {cfg.per_class}")
     if cfg.augment not in ("none", "standard", "crop"):
         raise _cli.UsageError(f"--augment must be none, standard or crop; got {cfg.augment!r}")
+    _cli.check_distribute(cfg)
 
 
 def run(cfg: FinetuneConfig) -> int:
     check(cfg)
-    import dataclasses
-
     from kcnn import data as kdata
-    from kcnn import training, transfer
+    from kcnn import distribute, training, transfer
 
     schedule = transfer.Schedule([transfer.Phase(**p) for p in DEMO_SCHEDULE]) if cfg.schedule == "demo" \
         else transfer.load_schedule(cfg.schedule)
     if cfg.epochs is not None:
         schedule = schedule.scale_epochs(cfg.epochs)
     per_class = (2 if cfg.data == "digits" else 0) if cfg.per_class == -1 else cfg.per_class
-    config = {**dataclasses.asdict(cfg), "per_class": per_class, "schedule_phases": schedule.to_dict()["phase"]}
-    run_dir = training.RunDir(cfg.out or training.default_out("finetune"), overwrite=cfg.overwrite,
-                              resume=cfg.resume, config=config).open()
+    config = _cli.run_config(cfg, per_class=per_class, schedule_phases=schedule.to_dict()["phase"])
+    # multiworker: only the chief writes the run folder; the strategy comes before TensorFlow starts
+    run_dir = distribute.open_run_dir(cfg.distribute, cfg.out or training.default_out("finetune"),
+                                      overwrite=cfg.overwrite, resume=cfg.resume, config=config)
+    strategy = distribute.make_strategy(cfg.distribute, cpu_devices=cfg.cpu_devices)
     training.set_seed(cfg.seed)
     splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
                         per_class=per_class or None, augment=None if cfg.augment == "none" else cfg.augment)
@@ -102,13 +106,18 @@ def run(cfg: FinetuneConfig) -> int:
                                                  seed=cfg.seed, verbose=cfg.verbose)
         name = None
     shape = (cfg.image_size, cfg.image_size, 3)
-    bb = transfer.backbone(name, weights, shape)
     hidden = (cfg.hidden,) if cfg.hidden else ()
-    model = transfer.classifier(bb, len(splits.class_names), head=cfg.head, dropout=cfg.dropout, hidden=hidden)
-    history = training.fit_run(run_dir, model, bb, schedule, splits, augmented=cfg.augment != "none",
-                               verbose=cfg.verbose)
+    with strategy.scope():  # the model, its optimizers and the fit views are made under the strategy
+        bb = transfer.backbone(name, weights, shape)
+        model = transfer.classifier(bb, len(splits.class_names), head=cfg.head, dropout=cfg.dropout,
+                                    hidden=hidden)
+        history = distribute.fit_recipe(strategy, run_dir, model, bb, schedule, splits,
+                                        augmented=cfg.augment != "none", verbose=cfg.verbose)
+    if distribute.finish_worker(run_dir, strategy):
+        return 0
     extra = {"backbone": bb.name, "weights": str(weights), "schedule": cfg.schedule, "data": cfg.data,
-             "labels_per_class": per_class, "train_examples": splits.num_examples.get("train")}
+             "labels_per_class": per_class, "train_examples": splits.num_examples.get("train"),
+             "distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync}
     if cfg.compare_scratch:
         extra.update(_scratch(cfg, run_dir, bb, schedule, splits, hidden))
     report = training.finish_run(run_dir, model, test_ds=splits.test, class_names=splits.class_names,

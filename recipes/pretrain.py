@@ -5,10 +5,10 @@ names, preprocessing), beside the usual history, report and plots.
 
     python -m recipes.pretrain --data shapes --backbone resnet20 --examples 20000 --epochs 5 --out runs/pre
     python -m recipes.finetune --weights runs/pre
+    python -m recipes.pretrain --distribute mirrored          # all local GPUs (see recipes.train for multiworker)
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 
@@ -29,6 +29,8 @@ class PretrainConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace a finished run in --out"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 progress bars, 2 one line per epoch"})
+    distribute: str = _cli.distribute_field()
+    cpu_devices: int | None = _cli.cpu_devices_field()
 
 
 def run(cfg: PretrainConfig) -> int:
@@ -37,21 +39,30 @@ def run(cfg: PretrainConfig) -> int:
             raise _cli.UsageError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(cfg, name)}")
     if not cfg.lr > 0:
         raise _cli.UsageError(f"--lr must be > 0; got {cfg.lr}")
+    _cli.check_distribute(cfg)
     from kcnn import data as kdata
-    from kcnn import training, transfer
+    from kcnn import distribute, training, transfer
 
-    run_dir = training.RunDir(cfg.out or training.default_out("pretrain"), overwrite=cfg.overwrite,
-                              resume=cfg.resume, config=dataclasses.asdict(cfg)).open()
+    # multiworker: only the chief writes the run folder; the strategy comes before TensorFlow starts
+    run_dir = distribute.open_run_dir(cfg.distribute, cfg.out or training.default_out("pretrain"),
+                                      overwrite=cfg.overwrite, resume=cfg.resume, config=_cli.run_config(cfg))
+    strategy = distribute.make_strategy(cfg.distribute, cpu_devices=cfg.cpu_devices)
     training.set_seed(cfg.seed)
     splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
                         **training._size_option(cfg.data, cfg.examples))
-    bb = transfer.backbone(cfg.backbone, None, (cfg.image_size, cfg.image_size, 3))
-    model = transfer.classifier(bb, len(splits.class_names))
     schedule = transfer.Schedule([transfer.Phase(epochs=cfg.epochs, train="all", lr=cfg.lr, schedule="cosine",
                                                  bn="train", name="pretrain")])
-    history = training.fit_run(run_dir, model, bb, schedule, splits, augmented=False, verbose=cfg.verbose)
+    with strategy.scope():
+        bb = transfer.backbone(cfg.backbone, None, (cfg.image_size, cfg.image_size, 3))
+        model = transfer.classifier(bb, len(splits.class_names))
+        history = distribute.fit_recipe(strategy, run_dir, model, bb, schedule, splits, augmented=False,
+                                        verbose=cfg.verbose)
+    if distribute.finish_worker(run_dir, strategy):
+        return 0
     report = training.finish_run(run_dir, model, test_ds=splits.test, class_names=splits.class_names,
-                                 history=history, seed=cfg.seed, extra={"backbone": bb.name, "data": cfg.data},
+                                 history=history, seed=cfg.seed, extra={"backbone": bb.name, "data": cfg.data,
+                                        "distribute": cfg.distribute,
+                                        "replicas": strategy.num_replicas_in_sync},
                                  title=f"pretrain {bb.name} on {cfg.data}")
     transfer.save_checkpoint(run_dir.path, model, arch=bb.name, input_shape=bb.input_shape,
                              class_names=splits.class_names, preprocessing=bb.preprocessing)

@@ -13,7 +13,6 @@ chief (worker 0) writes the run folder; resume it with --resume on every worker.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 
@@ -49,11 +48,8 @@ class TrainConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace a finished run in --out"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 progress bars, 2 one line per epoch"})
-    distribute: str = field(default="none", metadata={
-        "help": "none | mirrored (all local GPUs, or --cpu-devices) | multiworker (machines from TF_CONFIG)",
-        "choices": ["none", "mirrored", "multiworker"]})
-    cpu_devices: int | None = field(default=None, metadata={
-        "help": "with --distribute mirrored: mirror over N logical CPU devices instead of the GPUs (testing)"})
+    distribute: str = _cli.distribute_field()
+    cpu_devices: int | None = _cli.cpu_devices_field()
 
 
 def run(cfg: TrainConfig) -> int:
@@ -72,9 +68,7 @@ def run(cfg: TrainConfig) -> int:
         raise _cli.UsageError(f"--augment must be none, standard or crop; got {augment!r}")
     if cfg.norm not in ("batch", "none"):
         raise _cli.UsageError(f"--norm must be batch or none; got {cfg.norm!r}")
-    if cfg.cpu_devices is not None and (cfg.distribute != "mirrored" or cfg.cpu_devices < 1):
-        raise _cli.UsageError(f"--cpu-devices takes N >= 1 and goes with --distribute mirrored; got --cpu-devices "
-                              f"{cfg.cpu_devices} with --distribute {cfg.distribute}")
+    _cli.check_distribute(cfg)
     get_entry(cfg.model)  # unknown names fail here, with the closest names
     phases = [dict(p, train="all", bn="train") for p in preset["phases"]]
     if cfg.lr is not None:
@@ -84,8 +78,8 @@ def run(cfg: TrainConfig) -> int:
     if cfg.epochs is not None:
         schedule = schedule.scale_epochs(max(cfg.epochs, len(schedule)))
     # where it runs is no setting of the run: the math is the same, and a resume may run elsewhere
-    config = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("distribute", "cpu_devices")},
-              "batch_size": batch_size, "augment": augment, "schedule_phases": schedule.to_dict()["phase"]}
+    config = _cli.run_config(cfg, batch_size=batch_size, augment=augment,
+                             schedule_phases=schedule.to_dict()["phase"])
     # multiworker: only the chief writes the run folder (the other workers a temporary one)
     run_dir = distribute.open_run_dir(cfg.distribute, cfg.out or training.default_out("train"),
                                       overwrite=cfg.overwrite, resume=cfg.resume, config=config)

@@ -42,6 +42,7 @@ from recipes import _cli
 
 SPACES = ("cnn", "finetune")
 TUNERS = ("hyperband", "bayesian", "random")
+DEFAULT_MAX_TRIALS = 20
 OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
 SEARCH_FILE = "search.json"
 SEARCH_FORMAT = "kcnn-tune"
@@ -67,9 +68,9 @@ class TuneConfig:
                                            "model=resnet20,learning_rate=0.01)"})
     # how to search -----------------------------------------------------------------------------------------
     tuner: str = field(default="hyperband", metadata={"help": "hyperband | bayesian | random"})
-    max_trials: int = field(default=20, metadata={"help": "trials of random and bayesian search; a cap "
-                                                  "for hyperband, whose count follows from --epochs and "
-                                                  "--factor"})
+    max_trials: int | None = field(default=None, metadata={
+        "help": "trials of random and bayesian search (default 20); for hyperband a cap (default none: its "
+                "count follows from --epochs and --factor)"})
     epochs: int = field(default=9, metadata={"help": "epochs per trial (random, bayesian) or Hyperband's "
                                              "maximum"})
     factor: int = field(default=3, metadata={"help": "Hyperband's reduction factor"})
@@ -147,6 +148,13 @@ def check(cfg: TuneConfig) -> None:
     if cfg.seed < 0:
         raise _cli.UsageError(f"--seed must be >= 0; got {cfg.seed}")
     parse_fixed(cfg.fix)
+
+
+def max_trials_of(cfg: TuneConfig) -> int | None:
+    """--max-trials, or its default: 20 for random and Bayesian search, no cap for Hyperband."""
+    if cfg.max_trials is not None:
+        return cfg.max_trials
+    return None if cfg.tuner == "hyperband" else DEFAULT_MAX_TRIALS
 
 
 def identity(cfg: TuneConfig) -> dict:
@@ -237,7 +245,7 @@ def run(cfg: TuneConfig) -> int:
         out.mkdir(parents=True, exist_ok=True)
         tuning._write_json(out / SEARCH_FILE, ident)
     tuner = tuning.make_tuner(cfg.tuner, hypermodel, directory=out, project_name=PROJECT,
-                              objective=cfg.objective, max_trials=cfg.max_trials, epochs=cfg.epochs,
+                              objective=cfg.objective, max_trials=max_trials_of(cfg), epochs=cfg.epochs,
                               factor=cfg.factor, seed=cfg.seed,
                               hyperparameters=tuning.fixed_hyperparameters(fixed) if fixed else None,
                               max_retries_per_trial=cfg.max_retries,

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from kcnn import distribute, transfer
-from recipes import train
+from recipes import pretrain, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
@@ -241,6 +241,30 @@ def test_train_recipe_distribute_flags(tmp_path, capsys, monkeypatch):
     have = len(tf.config.list_logical_devices("CPU"))
     assert train.main(["--distribute", "mirrored", "--cpu-devices", str(have + 1)] + out) == 2
     assert "already initialized" in capsys.readouterr().err
+
+
+def test_pretrain_recipe_distribute_flags(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "r"), "--verbose", "0"]
+    assert pretrain.main(["--distribute", "mirrored", "--cpu-devices", "0"] + out) == 2
+    assert "--cpu-devices takes N >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made
+
+
+def test_finetune_recipe_mirrored_over_two_cpus(tmp_path):
+    """recipes.finetune --distribute mirrored --cpu-devices 2 (fresh process): a complete run on 2 replicas,
+    the scratch comparison beside it, and no placement option in config.toml (resuming elsewhere is allowed)."""
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.finetune", "--data", "digits", "--per-class", "3", "--image-size", "16",
+         "--batch-size", "30", "--backbone", "allcnn_a", "--weights", "none", "--schedule", "two-phase",
+         "--epochs", "2", "--distribute", "mirrored", "--cpu-devices", "2", "--out", str(run), "--verbose", "0"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    assert report["distribute"] == "mirrored" and report["replicas"] == 2 and report["epochs"] == 2
+    assert 0.0 <= report["test_accuracy"] <= 1.0 and 0.0 <= report["scratch_test_accuracy"] <= 1.0
+    config = (run / "config.toml").read_text()
+    assert "distribute" not in config and "cpu_devices" not in config and "per_class = 3" in config
 
 
 # ------------------------------------------------------------------------------------------------------------

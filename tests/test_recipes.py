@@ -76,6 +76,7 @@ def test_finetune_writes_a_complete_run_folder(tmp_path, capsys):
     (["--data", "/no/such/folder"], "/no/such/folder"),
     (["--weights", "/no/such/file.h5"], "/no/such/file.h5"),
     (["--data", "tfds:no_such_dataset_xyz"], "no_such_dataset_xyz"),
+    (["--cpu-devices", "2"], "goes with --distribute mirrored"),
 ])
 def test_finetune_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     out = tmp_path / "run"

@@ -279,6 +279,13 @@ def test_resume_keeps_finished_trials_and_adds_new_ones(searched, tmp_path, caps
     assert "search: 3 trials (3 completed, 0 failed), 3 training epochs" in printed
 
 
+def test_max_trials_default_caps_random_and_bayesian_not_hyperband():
+    assert tune.max_trials_of(tune.TuneConfig()) is None  # Hyperband runs all its brackets
+    assert tune.max_trials_of(tune.TuneConfig(tuner="random")) == 20
+    assert tune.max_trials_of(tune.TuneConfig(tuner="bayesian")) == 20
+    assert tune.max_trials_of(tune.TuneConfig(tuner="hyperband", max_trials=7)) == 7
+
+
 @pytest.mark.parametrize("args, message", [
     (["--space", "pixels"], "error: unknown --space 'pixels'; choose one of cnn, finetune"),
     (["--tuner", "grid"], "error: unknown --tuner 'grid'; choose one of hyperband, bayesian, random"),
