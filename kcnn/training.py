@@ -343,11 +343,16 @@ class _PhaseTagger(keras.callbacks.Callback):
         self.run.checkpoint(self.model, row)
 
 
-def fit_run(run: RunDir, model, bb, schedule, splits, *, augmented: bool, verbose=1, steps_per_execution=1,
-            extra_callbacks=()):
+def fit_run(run: RunDir, model, bb, schedule, splits, *, augmented: bool, verbose=1,
+            steps_per_execution: int | None = None, extra_callbacks=()):
     """Run ``schedule`` on ``model`` inside ``run``: per-epoch checkpoints, resume from the last finished epoch,
-    phase records and one history across phases. Returns the history rows (list of dicts)."""
-    from kcnn import transfer
+    phase records and one history across phases. Returns the history rows (list of dicts).
+
+    ``steps_per_execution`` None: `kcnn.perf.DEFAULT_STEPS_PER_EXECUTION` (fit_schedule's default)."""
+    from kcnn import perf, transfer
+
+    if steps_per_execution is None:
+        steps_per_execution = perf.DEFAULT_STEPS_PER_EXECUTION
 
     initial = run.restore(model)
     if initial and verbose:
