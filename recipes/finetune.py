@@ -1,6 +1,6 @@
 """Fine-tune a pretrained backbone on a small labelled dataset with a freeze -> unfreeze schedule.
 
-With no arguments: the lecture's transfer-learning claim, offline. A CIFAR ResNet-20 pretrained on kcnn's
+With no arguments: the lecture's transfer-learning claim, offline. A small VGG (``vgg_cifar``) pretrained on kcnn's
 synthetic glyphs (cached under ~/.cache/kcnn after the first run) is fine-tuned on 2 labelled digits per class
 from scikit-learn's handwritten digits, the same network is trained from scratch on the same 20 images, and
 both test accuracies are reported.
@@ -30,8 +30,9 @@ class FinetuneConfig:
     image_size: int = field(default=32, metadata={"help": "side in pixels the images are loaded and the backbone "
                                                   "run at"})
     # the backbone ----------------------------------------------------------------------------------------------
-    backbone: str = field(default="resnet20", metadata={"help": "keras.applications name (VGG16, ResNet50, "
-                                                        "MobileNetV2, ...) or a kcnn model (resnet20, vgg11, ...)"})
+    backbone: str = field(default="vgg_cifar", metadata={"help": "keras.applications name (VGG16, ResNet50, "
+                                                         "MobileNetV2, ...) or a kcnn model (vgg_cifar, resnet20, "
+                                                         "...)"})
     weights: str = field(default="shapes", metadata={"help": "shapes (pretrain on kcnn's synthetic glyphs, "
                                                      "cached) | imagenet | none | PATH (.h5) | kcnn checkpoint"})
     pretrain_examples: int = field(default=8000, metadata={"help": "synthetic images for --weights shapes"})

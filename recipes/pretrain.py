@@ -3,7 +3,7 @@
 The run folder is itself the checkpoint: ``model.keras`` plus ``kcnn.json`` (architecture, input size, class
 names, preprocessing), beside the usual history, report and plots.
 
-    python -m recipes.pretrain --data shapes --backbone resnet20 --examples 20000 --epochs 5 --out runs/pre
+    python -m recipes.pretrain --data shapes --backbone vgg_cifar --examples 20000 --epochs 5 --out runs/pre
     python -m recipes.finetune --weights runs/pre
     python -m recipes.pretrain --distribute mirrored          # all local GPUs (see recipes.train for multiworker)
 """
@@ -18,7 +18,7 @@ from recipes import _cli
 @dataclass
 class PretrainConfig:
     data: str = field(default="shapes", metadata={"help": "source dataset: shapes | digits | tfds:NAME | folder"})
-    backbone: str = field(default="resnet20", metadata={"help": "kcnn model or keras.applications name"})
+    backbone: str = field(default="vgg_cifar", metadata={"help": "kcnn model or keras.applications name"})
     examples: int = field(default=8000, metadata={"help": "images to generate (shapes) or use at most (others)"})
     epochs: int = field(default=3, metadata={"help": "training epochs"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate (Adam, cosine decay)"})

@@ -8,7 +8,7 @@ curves.png, confusion.png. The keras-tuner project is in --out/search, the searc
 
     python -m recipes.tune --image-size 16 --epochs 9                  # Hyperband over registry CNNs
     python -m recipes.tune --tuner random --max-trials 20 --epochs 9 --out runs/tune-random
-    python -m recipes.tune --space finetune --backbones resnet20 --weights shapes --epochs 10
+    python -m recipes.tune --space finetune --backbones vgg_cifar --weights shapes --epochs 10
     python -m recipes.tune --models resnet20,allcnn_c --fix optimizer=sgd,batch_norm=true
 
 Resume: run the same command with the same --out. Finished trials are kept, a trial that was running when the
@@ -59,7 +59,7 @@ class TuneConfig:
     models: str = field(default="", metadata={"help": "cnn space: comma-separated registry models (default: "
                                               "resnet20, resnet32, allcnn_c, vgg11, those that fit "
                                               "--image-size)"})
-    backbones: str = field(default="resnet20", metadata={"help": "finetune space: comma-separated backbones "
+    backbones: str = field(default="vgg_cifar", metadata={"help": "finetune space: comma-separated backbones "
                                                          "(keras.applications or kcnn names)"})
     weights: str = field(default="shapes", metadata={"help": "finetune space: shapes (pretrain each "
                                                      "backbone on kcnn's synthetic glyphs, cached) | "

@@ -12,6 +12,7 @@ SMALL = {
     "resnet": dict(input_shape=(32, 32, 3), classes=5),
     "cifar_resnet": dict(input_shape=(16, 16, 3), classes=5),
     "allcnn": dict(input_shape=(16, 16, 3), classes=5),
+    "vgg_cifar": dict(input_shape=(16, 16, 3), classes=5),
 }
 HEAVY = {"resnet101", "resnet152", "resnet110", "resnet56", "resnet44"}  # full round trips of these are slow-marked
 
@@ -28,7 +29,7 @@ def batch(model, n=2, seed=0):
 
 def test_registry_lists_every_family():
     names = kcnn.list_models()
-    assert len(names) == 17
+    assert len(names) == 18
     assert kcnn.list_models("resnet*") == [n for n in names if n.startswith("resnet")]
     assert {kcnn.get_entry(n).family for n in names} == set(SMALL)
 
@@ -131,6 +132,17 @@ def test_cifar_shortcut_b_adds_projections():
     # two projection shortcuts (16->32, 32->64): 1x1 conv without bias + BN gamma/beta
     assert _trainable(b) - _trainable(a) == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
     assert "conv3_block1_0_zeropad" in _layer_names(a) and "conv3_block1_0_conv" in _layer_names(b)
+
+
+def test_vgg_cifar_is_a_small_vgg():
+    model = kcnn.build("vgg_cifar")
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 32, 64, 64, 128, 128]
+    assert {c.kernel_size for c in convs} == {(3, 3)}
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 288_746
+    assert kcnn.count_macs(model) == 38_634_752
+    assert kcnn.get_entry("vgg_cifar").blocks == ("block1", "block2", "block3")
+    assert model.output_shape == (None, 10)
 
 
 def test_vgg_family_depths():

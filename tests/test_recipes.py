@@ -17,7 +17,7 @@ from recipes import finetune, predict, pretrain, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data", "digits", "--per-class", "3", "--image-size", "16", "--batch-size", "16", "--backbone",
-        "resnet20", "--weights", "none", "--schedule", "two-phase", "--epochs", "2", "--verbose", "0"]
+        "vgg_cifar", "--weights", "none", "--schedule", "two-phase", "--epochs", "2", "--verbose", "0"]
 TINY[TINY.index("--batch-size") + 1] = "30"  # 30 train, 180 val images: whole batches, one trace per fit
 
 
@@ -106,7 +106,7 @@ def test_pretrain_checkpoint_feeds_finetune(tmp_path, capsys):
     assert pretrain.main(["--data", "shapes", "--examples", "200", "--epochs", "1", "--image-size", "16",
                           "--batch-size", "32", "--out", str(pre), "--verbose", "0"]) == 0
     meta = json.loads((pre / "kcnn.json").read_text())
-    assert meta["arch"] == "resnet20" and meta["input_shape"] == [16, 16, 3] and len(meta["class_names"]) == 10
+    assert meta["arch"] == "vgg_cifar" and meta["input_shape"] == [16, 16, 3] and len(meta["class_names"]) == 10
     out = tmp_path / "ft"
     args = [a for a in TINY if a not in ("none",)]
     args[args.index("--weights") + 1:args.index("--weights") + 1] = [str(pre)]
