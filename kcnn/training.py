@@ -383,7 +383,7 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, augmented: bool, verbos
     return history
 
 
-def pretrained_checkpoint(arch: str, *, source: str = "shapes", examples: int = 8000, epochs: int = 3,
+def pretrained_checkpoint(arch: str, *, source: str = "shapes", examples: int = 8000, epochs: int = 6,
                           image_size: int = 32, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                           verbose=1, cache_dir=None) -> Path:
     """A checkpoint of ``arch`` pretrained on ``source``, from the cache or trained now (then cached).

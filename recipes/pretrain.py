@@ -20,7 +20,7 @@ class PretrainConfig:
     data: str = field(default="shapes", metadata={"help": "source dataset: shapes | digits | tfds:NAME | folder"})
     backbone: str = field(default="vgg_cifar", metadata={"help": "kcnn model or keras.applications name"})
     examples: int = field(default=8000, metadata={"help": "images to generate (shapes) or use at most (others)"})
-    epochs: int = field(default=3, metadata={"help": "training epochs"})
+    epochs: int = field(default=6, metadata={"help": "training epochs"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate (Adam, cosine decay)"})
     image_size: int = field(default=32, metadata={"help": "side in pixels"})
     batch_size: int = field(default=64, metadata={"help": "images per step"})
