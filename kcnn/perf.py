@@ -19,7 +19,10 @@ XLA (``jit_compile=True``)                                 0.42x
 * `FusedBatchNormalization` computes batch norm with TensorFlow's fused kernel (``FusedBatchNormV3``); Keras
   3's own layer builds it from separate ops (moments, then normalisation), about a fifth of a ResNet-20
   training step on a CPU (954 -> 1,183 img/s above).
-* XLA and ``mixed_bfloat16`` made training slower on this CPU; oneDNN (on by default on x86) is a large win.
+* XLA and ``mixed_bfloat16`` made training slower on this CPU; oneDNN is a large win. TensorFlow turns it on by
+  default only on CPUs with AVX-512 VNNI/BF16 or AMX; on an AVX2 AMD EPYC it was off and a ResNet-20 step took
+  0.69-0.79 s instead of 0.43 s, so ``import kcnn`` (and every recipe) sets ``TF_ENABLE_ONEDNN_OPTS=1`` on x86
+  unless the user set it.
 
 On an NVIDIA GPU `auto_settings` returns the usual defaults there (``mixed_float16`` on tensor-core GPUs,
 XLA on: what Keras' ``jit_compile="auto"`` already picks on a GPU), which have **not been measured** with
@@ -144,8 +147,16 @@ def set_threads(intra_op: int = 0, inter_op: int = 0) -> None:
 
 
 def onednn_enabled() -> bool:
-    """Whether TensorFlow's oneDNN kernels are on (``TF_ENABLE_ONEDNN_OPTS``; default on for x86 Linux)."""
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
+    """Whether TensorFlow's oneDNN kernels are on in this process (TensorFlow's own answer).
+
+    TensorFlow decides at import: ``TF_ENABLE_ONEDNN_OPTS`` if set, else on only for x86 CPUs with AVX-512
+    VNNI/BF16 or AMX. ``import kcnn`` before TensorFlow sets it to 1 on x86 unless the user set it.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TensorFlow without the hook: go by the variable
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0").strip().lower() not in ("0", "false")
 
 
 def matmul_peak_gflops(size: int = 4096, repeats: int = 5, dtype: str = "float32") -> float:

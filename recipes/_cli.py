@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import platform
 import sys
 import tomllib
 from pathlib import Path
@@ -111,6 +112,8 @@ def parse(config_cls, argv, prog: str, description: str, positional: tuple = ())
 def run(main_fn: Callable, config_cls, argv, prog: str, description: str, positional: tuple = ()) -> int:
     """Parse, call ``main_fn(config)``, and turn library errors into ``error: ...`` + exit code 2."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if platform.machine().lower() in ("x86_64", "amd64") and "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as `import kcnn` does (see kcnn/__init__.py)
     try:
         config = parse(config_cls, argv, prog, description, positional)
         result = main_fn(config)

@@ -218,3 +218,20 @@ def test_torch_twins_have_kcnn_parameter_counts(arch, shape):
 
     model = kcnn.build(arch, input_shape=shape, classes=10)
     assert bench_torch.count_params(bench_torch.build(arch, 10)) == model.count_params()
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 only")
+@pytest.mark.parametrize("setting, expected", [(None, "1 True"), ("0", "0 False")])
+def test_import_kcnn_turns_onednn_on_unless_the_user_chose(setting, expected):
+    """TensorFlow leaves oneDNN off on x86 CPUs without AVX-512 VNNI/BF16 or AMX (2x slower training on AVX2)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = "import os, kcnn; from kcnn import perf; print(os.environ['TF_ENABLE_ONEDNN_OPTS'], perf.onednn_enabled())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == expected
