@@ -597,28 +597,12 @@ def fit_run(run, model, bb, schedule, splits, *, strategy, verbose=1, callbacks=
     initial = run.restore(model)
     if initial and verbose and is_chief(strategy):
         print(f"resuming {run.path} after epoch {initial} of {schedule.total_epochs}", flush=True)
-    lrs = {}
-
-    def on_phase_end(number, phase, history):
-        record = next(p for p in history.phases if p["phase"] == number)
-        previous = next((p for p in run.state.get("phases", []) if p.get("index") == number), {})
-        run.record_phase({"index": number, "name": phase.name, "train": record["train"],
-                          "blocks": record["blocks"], "epochs": [record["first_epoch"], record["last_epoch"]],
-                          "lr": phase.lr, "cached_features": False,
-                          "seconds": round(previous.get("seconds", 0.0) + record["seconds"], 3)})
-        for row in history.epochs:
-            lrs[row["epoch"]] = row.get("lr")
-
+    recorder = training._PhaseRecorder(run)
     tagger = training._PhaseTagger(run, schedule)
     fit_distributed(model, splits.train, splits.val, strategy=strategy, backbone=bb, schedule=schedule,
-                    callbacks=[tagger, *callbacks], initial_epoch=initial, on_phase_end=on_phase_end,
+                    callbacks=[tagger, *callbacks], initial_epoch=initial, on_phase_end=recorder,
                     verbose=verbose)
-    history = run.history
-    for row in history:
-        if row.get("lr") is None and row["epoch"] in lrs:
-            row["lr"] = lrs[row["epoch"]]
-    run.state["history"] = history
-    return history
+    return recorder.history()
 
 
 def open_run_dir(kind: str, path, *, overwrite: bool = False, resume: bool = False,

@@ -343,6 +343,34 @@ class _PhaseTagger(keras.callbacks.Callback):
         self.run.checkpoint(self.model, row)
 
 
+class _PhaseRecorder:
+    """``on_phase_end`` for a schedule fit inside a run folder: records each finished phase (epochs, wall
+    time summed over resumed parts, cached features) and each epoch's learning rate for the history."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.lrs = {}
+
+    def __call__(self, number, phase, history):
+        record = next(p for p in history.phases if p["phase"] == number)
+        previous = next((p for p in self.run.state.get("phases", []) if p.get("index") == number), {})
+        self.run.record_phase({"index": number, "name": phase.name, "train": record["train"],
+                               "blocks": record["blocks"], "epochs": [record["first_epoch"], record["last_epoch"]],
+                               "lr": phase.lr, "cached_features": record["cached"],
+                               "seconds": round(previous.get("seconds", 0.0) + record["seconds"], 3)})
+        for row in history.epochs:
+            self.lrs[row["epoch"]] = row.get("lr")
+
+    def history(self) -> list:
+        """The run's history rows, with the learning rates of the epochs recorded here filled in."""
+        history = self.run.history
+        for row in history:
+            if row.get("lr") is None and row["epoch"] in self.lrs:
+                row["lr"] = self.lrs[row["epoch"]]
+        self.run.state["history"] = history
+        return history
+
+
 def fit_run(run: RunDir, model, bb, schedule, splits, *, augmented: bool, verbose=1,
             steps_per_execution: int | None = None, extra_callbacks=()):
     """Run ``schedule`` on ``model`` inside ``run``: per-epoch checkpoints, resume from the last finished epoch,
@@ -357,30 +385,15 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, augmented: bool, verbos
     initial = run.restore(model)
     if initial and verbose:
         print(f"resuming {run.path} after epoch {initial} of {schedule.total_epochs}", flush=True)
-    lrs = {}
-
-    def on_phase_end(number, phase, history):
-        record = next(p for p in history.phases if p["phase"] == number)
-        previous = next((p for p in run.state.get("phases", []) if p.get("index") == number), {})
-        run.record_phase({"index": number, "name": phase.name, "train": record["train"],
-                          "blocks": record["blocks"], "epochs": [record["first_epoch"], record["last_epoch"]],
-                          "lr": phase.lr, "cached_features": record["cached"],
-                          "seconds": round(previous.get("seconds", 0.0) + record["seconds"], 3)})
-        for row in history.epochs:
-            lrs[row["epoch"]] = row.get("lr")
+    recorder = _PhaseRecorder(run)
 
     callbacks = [_PhaseTagger(run, schedule), keras.callbacks.TensorBoard(str(run.path / "logs"), write_graph=False),
                  *extra_callbacks]
     if initial < schedule.total_epochs:
         transfer.fit_schedule(model, bb, schedule, splits.train, splits.val, callbacks=callbacks,
                               initial_epoch=initial, verbose=verbose, augmented=augmented,
-                              steps_per_execution=steps_per_execution, on_phase_end=on_phase_end)
-    history = run.history
-    for row in history:
-        if row.get("lr") is None and row["epoch"] in lrs:
-            row["lr"] = lrs[row["epoch"]]
-    run.state["history"] = history
-    return history
+                              steps_per_execution=steps_per_execution, on_phase_end=recorder)
+    return recorder.history()
 
 
 def pretrained_checkpoint(arch: str, *, source: str = "shapes", examples: int = 8000, epochs: int = 6,
