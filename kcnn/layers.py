@@ -118,6 +118,7 @@ def classifier_head(
     fc_units=(),
     dropout: float = 0.0,
     classifier_activation: str | None = "softmax",
+    classifier_initializer="glorot_uniform",
 ):
     """The one classifier head of every kcnn family.
 
@@ -141,6 +142,8 @@ def classifier_head(
         fc_units: Widths of the hidden fully connected layers, e.g. (4096, 4096) for VGG.
         dropout: Dropout rate after each hidden fully connected layer.
         classifier_activation: Activation of the last layer (None for logits).
+        classifier_initializer: Kernel initializer of the last layer (``predictions`` or ``predictions_conv``),
+            e.g. "zeros" for a new head on a pretrained backbone (`kcnn.transfer.classifier`).
 
     Returns:
         The output tensor.
@@ -169,7 +172,7 @@ def classifier_head(
             x = layers.Conv2D(units, kernel, padding="valid", activation="relu", name=f"fc{i + 1}")(x)
             if rate:
                 x = layers.Dropout(rate, name=f"fc{i + 1}_dropout")(x)
-        x = layers.Conv2D(classes, 1, name="predictions_conv")(x)
+        x = layers.Conv2D(classes, 1, kernel_initializer=classifier_initializer, name="predictions_conv")(x)
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         return layers.Activation(classifier_activation or "linear", name="predictions")(x)
     if head == "dense":
@@ -185,7 +188,8 @@ def classifier_head(
         x = layers.Dense(units, activation="relu", name=f"fc{i + 1}")(x)
         if rate:
             x = layers.Dropout(rate, name=f"fc{i + 1}_dropout")(x)
-    return layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    return layers.Dense(classes, activation=classifier_activation, kernel_initializer=classifier_initializer,
+                        name="predictions")(x)
 
 
 def zero_pad_shortcut(x, filters: int, strides: int, name: str):

@@ -666,7 +666,7 @@ def _backbone_from_checkpoint(name, directory: Path, input_shape, preprocessing)
 
 
 def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: float = 0.0, hidden=(),
-               image_size=None, name: str | None = None) -> keras.Model:
+               image_size=None, head_init: str = "zeros", name: str | None = None) -> keras.Model:
     """A classifier on raw RGB images of any size: resize -> preprocess -> backbone -> new head.
 
     Layers (top level): ``image`` (input, shape (None, None, C)), ``resize`` (`keras.layers.Resizing` to the
@@ -684,6 +684,12 @@ def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: 
         hidden: Widths of hidden fully connected layers, e.g. (256,).
         image_size: Size the images are resized to: an int or (height, width). Default: the backbone's
             input_shape. A different size rebuilds a copy of the backbone at that size (same weights).
+        head_init: Kernel initializer of the new class layer. "zeros" (the default, as in Kolesnikov et al.,
+            "Big Transfer (BiT)", 2020): every class starts at the same score, so the head learns from the
+            labelled examples alone instead of starting from random projections of the backbone's features,
+            which are large and all positive after ReLU and global pooling. With 1 label per class on the digits
+            demo this lifted the head-only test accuracy from 0.51 (Keras' "glorot_uniform") to 0.72 (README,
+            "The demo"). Any Keras initializer name works; hidden layers keep Keras' default.
         name: Model name (default ``"<arch>_classifier"``).
 
     Returns:
@@ -722,7 +728,13 @@ def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: 
     x = layers.Resizing(height, width, interpolation="bilinear", name="resize")(inputs)
     x = preprocess_layer(backbone.preprocessing)(x)
     x = body(x)
-    outputs = kl.classifier_head(x, classes, head=head, fc_units=hidden, dropout=rate)
+    try:
+        initializer = keras.initializers.get(head_init)
+    except ValueError:
+        raise ValueError(f"`head_init` must be a Keras initializer such as 'zeros' or 'glorot_uniform'. "
+                         f"Received: head_init={head_init!r}") from None
+    outputs = kl.classifier_head(x, classes, head=head, fc_units=hidden, dropout=rate,
+                                 classifier_initializer=initializer)
     default_name = re.sub(r"\W+", "_", f"{backbone.name.lower()}_classifier")
     return keras.Model(inputs, outputs, name=name or default_name)
 

@@ -185,4 +185,5 @@ def test_demo_defaults():
     assert (cfg.backbone, cfg.weights, cfg.schedule, cfg.pretrain_epochs) == ("vgg_cifar", "shapes", "demo", 6)
     assert finetune.DEMO_PER_CLASS == 1
     phases = [dict(p) for p in finetune.DEMO_SCHEDULE]
-    assert [(p["train"], p["lr"], p.get("lr_mult")) for p in phases] == [("head", 1e-2, None), ("all", 1e-3, 0.3)]
+    assert [(p["train"], p["lr"], p.get("lr_mult")) for p in phases] == [("head", 3e-3, None), ("all", 1e-4, None)]
+    assert [p["epochs"] for p in phases] == [100, 30]

@@ -162,7 +162,7 @@ def test_weights_from_a_local_h5_file(tmp_path):
 def test_classifier_takes_raw_images_of_any_size():
     keras.utils.set_random_seed(2)
     bb = T.backbone("resnet20")
-    model = T.classifier(bb, CLASSES)
+    model = T.classifier(bb, CLASSES, head_init="glorot_uniform")  # random head: outputs differ per image
     names = [layer.name for layer in model.layers]
     assert names == ["image", "resize", "preprocess", "backbone", "avg_pool", "predictions"]
     assert model.input.shape == (None, None, None, 3)
@@ -187,10 +187,26 @@ def test_classifier_options_and_errors():
         T.classifier(bb, 4, head="mlp")
 
 
+def test_classifier_head_starts_at_zero():
+    """BiT's zero-initialized head: every class scores the same until the labelled examples move it."""
+    keras.utils.set_random_seed(4)
+    bb = T.backbone("resnet20")
+    x, _ = _images(3)
+    model = T.classifier(bb, CLASSES)
+    assert not np.any(np.asarray(model.get_layer("predictions").kernel))
+    np.testing.assert_allclose(np.asarray(model(x)), 1.0 / CLASSES, rtol=1e-6)
+    conv = T.classifier(bb, CLASSES, head="conv")
+    assert not np.any(np.asarray(conv.get_layer("predictions_conv").kernel))
+    glorot = T.classifier(bb, CLASSES, head_init="glorot_uniform")
+    assert np.std(np.asarray(glorot.get_layer("predictions").kernel)) > 0.05
+    with pytest.raises(ValueError, match="head_init.*'bogus'"):
+        T.classifier(bb, CLASSES, head_init="bogus")
+
+
 def test_classifier_keras_round_trip_is_identical(tmp_path):
     keras.utils.set_random_seed(3)
     bb = T.backbone("VGG16", input_shape=(32, 32, 3))
-    model = T.classifier(bb, CLASSES, hidden=(16,))
+    model = T.classifier(bb, CLASSES, hidden=(16,), head_init="glorot_uniform")
     path = tmp_path / "clf.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)  # safe mode: no Lambda layers
