@@ -421,8 +421,9 @@ def pretrained_checkpoint(arch: str, *, source: str = "shapes", examples: int = 
                         val_fraction=0.05, test_fraction=0.05, **_size_option(source, examples))
     bb = transfer.backbone(arch, None, (image_size, image_size, 3))
     model = transfer.classifier(bb, len(splits.class_names))
+    # From random weights: BN must learn its statistics (the Phase default, "frozen", keeps them at 0 and 1).
     schedule = transfer.Schedule([transfer.Phase(epochs=epochs, train="all", lr=lr, schedule="cosine",
-                                                 name="pretrain")])
+                                                 bn="train", name="pretrain")])
     transfer.fit_schedule(model, bb, schedule, splits.train, splits.val, verbose=verbose, augmented=False,
                           feature_cache=False)
     tmp = directory.with_name(directory.name + ".partial")

@@ -100,3 +100,21 @@ def test_cli_precedence_and_errors(tmp_path, capsys):
     assert _cli.run(boom, FinetuneConfig, ["--epochs", "x"], "p", "d") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: argument --epochs: invalid int value") and err.count("\n") == 1
+
+
+def test_pretrained_checkpoint_learns_bn_statistics_and_is_cached(tmp_path):
+    """Pretraining starts from random weights, so its BN layers must train: frozen BN would keep moving
+    statistics at 0 and 1 and hand fine-tuning an unnormalized backbone (the demo's checkpoints were like that)."""
+    path = training.pretrained_checkpoint("vgg_cifar", examples=100, epochs=1, image_size=16, batch_size=32,
+                                          verbose=0, cache_dir=tmp_path)
+    assert path.name == "vgg_cifar-shapes-n100-e1-px16-s0"
+    model = keras.saving.load_model(path / "model.keras", compile=False)
+    means = [np.asarray(w) for w in model.weights if w.path.endswith("moving_mean")]
+    variances = [np.asarray(w) for w in model.weights if w.path.endswith("moving_variance")]
+    assert len(means) == 6
+    assert all(np.abs(m).max() > 1e-3 for m in means)
+    assert all(np.abs(v - 1.0).max() > 1e-3 for v in variances)
+    stamp = (path / "model.keras").stat().st_mtime_ns
+    assert training.pretrained_checkpoint("vgg_cifar", examples=100, epochs=1, image_size=16, batch_size=32,
+                                          verbose=0, cache_dir=tmp_path) == path
+    assert (path / "model.keras").stat().st_mtime_ns == stamp   # reused, not trained again
