@@ -396,6 +396,11 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, augmented: bool, verbos
     return recorder.history()
 
 
+#: Bumped when pretraining or the synthetic source changes, so that stale cached checkpoints are not reused
+#: (2: BN statistics learned during pretraining, and the glyphs' pen-drawn forms).
+_PRETRAIN_VERSION = 2
+
+
 def pretrained_checkpoint(arch: str, *, source: str = "shapes", examples: int = 8000, epochs: int = 6,
                           image_size: int = 32, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                           verbose=1, cache_dir=None) -> Path:
@@ -407,7 +412,8 @@ def pretrained_checkpoint(arch: str, *, source: str = "shapes", examples: int = 
     from kcnn import data as kdata
     from kcnn import transfer
 
-    key = f"{arch}-{source.replace(':', '_').replace('/', '_')}-n{examples}-e{epochs}-px{image_size}-s{seed}"
+    key = (f"{arch}-{source.replace(':', '_').replace('/', '_')}-n{examples}-e{epochs}-px{image_size}-s{seed}"
+           f"-v{_PRETRAIN_VERSION}")
     directory = Path(cache_dir or cache_root() / "pretrained") / key
     if (directory / transfer.CHECKPOINT_META).is_file() and (directory / transfer.CHECKPOINT_MODEL).is_file():
         if verbose:

@@ -107,7 +107,7 @@ def test_pretrained_checkpoint_learns_bn_statistics_and_is_cached(tmp_path):
     statistics at 0 and 1 and hand fine-tuning an unnormalized backbone (the demo's checkpoints were like that)."""
     path = training.pretrained_checkpoint("vgg_cifar", examples=100, epochs=1, image_size=16, batch_size=32,
                                           verbose=0, cache_dir=tmp_path)
-    assert path.name == "vgg_cifar-shapes-n100-e1-px16-s0"
+    assert path.name == "vgg_cifar-shapes-n100-e1-px16-s0-v2"
     model = keras.saving.load_model(path / "model.keras", compile=False)
     means = [np.asarray(w) for w in model.weights if w.path.endswith("moving_mean")]
     variances = [np.asarray(w) for w in model.weights if w.path.endswith("moving_variance")]
