@@ -170,14 +170,14 @@ def test_same_seed_same_numbers(tmp_path):
 
 @pytest.mark.slow
 def test_default_demo_pretrained_beats_scratch(tmp_path, monkeypatch):
-    """`python -m recipes.finetune` as a new user runs it (empty cache, seed 0): about 5 minutes on 2 cores.
-    Measured: fine-tuned 0.543, scratch 0.504 with oneDNN on (0.577, 0.499 off; README, "The demo")."""
+    """`python -m recipes.finetune` as a new user runs it (empty cache, seed 0): about 4 minutes on 2 cores.
+    Measured: fine-tuned 0.780, scratch 0.574 (README, "The demo": +14.8 to +35.7 points on seeds 0-4)."""
     monkeypatch.setenv("KCNN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     assert finetune.main(["--out", str(out), "--verbose", "0"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["backbone"] == "vgg_cifar" and report["labels_per_class"] == 1 and report["train_examples"] == 10
-    assert report["test_accuracy"] >= report["scratch_test_accuracy"] + 0.03
+    assert report["test_accuracy"] >= report["scratch_test_accuracy"] + 0.10
 
 
 def test_demo_defaults():
