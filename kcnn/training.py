@@ -396,6 +396,16 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, augmented: bool, verbos
     return recorder.history()
 
 
+def pretrain_schedule(epochs: int, lr: float):
+    """The one schedule that trains a backbone from random weights (recipes.pretrain and the demo's cache):
+    everything, Adam with cosine decay from ``lr``, and BN training. From random weights BN must learn its
+    statistics; the Phase default, "frozen", would keep them at 0 and 1."""
+    from kcnn import transfer
+
+    return transfer.Schedule([transfer.Phase(epochs=epochs, train="all", lr=lr, schedule="cosine", bn="train",
+                                             name="pretrain")])
+
+
 #: Bumped when pretraining or the synthetic source changes, so that stale cached checkpoints are not reused
 #: (2: BN statistics learned during pretraining, and the glyphs' pen-drawn forms).
 _PRETRAIN_VERSION = 2
@@ -427,11 +437,8 @@ def pretrained_checkpoint(arch: str, *, source: str = "shapes", examples: int = 
                         val_fraction=0.05, test_fraction=0.05, **_size_option(source, examples))
     bb = transfer.backbone(arch, None, (image_size, image_size, 3))
     model = transfer.classifier(bb, len(splits.class_names))
-    # From random weights: BN must learn its statistics (the Phase default, "frozen", keeps them at 0 and 1).
-    schedule = transfer.Schedule([transfer.Phase(epochs=epochs, train="all", lr=lr, schedule="cosine",
-                                                 bn="train", name="pretrain")])
-    transfer.fit_schedule(model, bb, schedule, splits.train, splits.val, verbose=verbose, augmented=False,
-                          feature_cache=False)
+    transfer.fit_schedule(model, bb, pretrain_schedule(epochs, lr), splits.train, splits.val, verbose=verbose,
+                          augmented=False, feature_cache=False)
     tmp = directory.with_name(directory.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)

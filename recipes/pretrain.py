@@ -50,8 +50,7 @@ def run(cfg: PretrainConfig) -> int:
     training.set_seed(cfg.seed)
     splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
                         **training._size_option(cfg.data, cfg.examples))
-    schedule = transfer.Schedule([transfer.Phase(epochs=cfg.epochs, train="all", lr=cfg.lr, schedule="cosine",
-                                                 bn="train", name="pretrain")])
+    schedule = training.pretrain_schedule(cfg.epochs, cfg.lr)
     with strategy.scope():
         bb = transfer.backbone(cfg.backbone, None, (cfg.image_size, cfg.image_size, 3))
         model = transfer.classifier(bb, len(splits.class_names))
