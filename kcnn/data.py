@@ -622,13 +622,12 @@ _PEN_DIGITS = {
     "5": [[[(.95, 0), (.2, 0), (.12, .45)] + _arc(.5, .68, .45, .32, 215, 510)]],
     "6": [[[(.75, 0), (.35, .25)] + _arc(.5, .7, .45, .3, 200, 560)], [[(.6, 0), (.08, .7)] + _arc(.5, .7, .42, .3, 180, 540)]],
     "7": [[[(0, 0), (1, 0), (.35, 1)]], [[(0, 0), (1, 0), (.35, 1)], [(.25, .52), (.85, .52)]]],
-    "8": [[_arc(.5, .25, .36, .25, 90, 450)], [_arc(.5, .74, .45, .26, -90, 270)]],
+    "8": [[_arc(.5, .25, .36, .25, 90, 450), _arc(.5, .74, .45, .26, -90, 270)],
+          [_arc(.62, .24, .3, .24, 90, 450), _arc(.4, .74, .36, .26, -90, 270)]],
     "9": [[_arc(.5, .25, .42, .25, 0, 360), [(.92, .25), (.85, 1)]],
           [_arc(.5, .25, .42, .25, 0, 360), [(.92, .25), (.85, .7), (.4, 1)]],
           [_arc(.55, .22, .38, .22, 0, 360), [(.93, .22), (.3, 1)]]],
 }
-_PEN_DIGITS["8"] = [_PEN_DIGITS["8"][0] + _PEN_DIGITS["8"][1],
-                    [_arc(.62, .24, .3, .24, 90, 450), _arc(.4, .74, .36, .26, -90, 270)]]
 
 
 def _outline(mask):
@@ -719,9 +718,9 @@ def make_shapes(num_examples: int, *, seed: int = 0, classes: str = SHAPES_CLASS
     32×32 binary bitmap (longer side 30–32 px, aspect kept except that narrow glyphs are widened to 14–24 px,
     as the UCI digits' 1s are; centred ±1 px), like the UCI digits' normalized bitmaps; then the on-pixels of
     each 4×4 block counted, giving 8×8 values in 0..16. The pen forms and the widening lift a 5-nearest-
-    neighbour classifier fitted on 8,000 glyphs from 0.56 to 0.81 on the real digits (0.1 is chance). Render them with
-    :func:`render_counts`, as the digits are. Rendered glyph variants are cached; the warps are vectorized
-    numpy (about 10,000 images/s on one core).
+    neighbour classifier fitted on 8,000 glyphs from 0.56 to 0.81 on the real digits (0.1 is chance). Render
+    them with :func:`render_counts`, as the digits are. Rendered glyph variants are cached; the warps are
+    vectorized numpy (about 10,000 images/s on one core).
 
     Args:
         num_examples: Number of examples.
