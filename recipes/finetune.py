@@ -84,6 +84,7 @@ def check(cfg: FinetuneConfig) -> None:
 
 def run(cfg: FinetuneConfig) -> int:
     check(cfg)
+    from kcnn import data as kdata
     from kcnn import distribute, training, transfer
 
     schedule = transfer.Schedule([transfer.Phase(**p) for p in DEMO_SCHEDULE]) if cfg.schedule == "demo" \
@@ -97,7 +98,8 @@ def run(cfg: FinetuneConfig) -> int:
                                       overwrite=cfg.overwrite, resume=cfg.resume, config=config)
     strategy = distribute.make_strategy(cfg.distribute, cpu_devices=cfg.cpu_devices)
     training.set_seed(cfg.seed)
-    splits = _load(cfg, per_class)
+    splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
+                        per_class=per_class or None, augment=None if cfg.augment == "none" else cfg.augment)
     if cfg.verbose:
         sizes = ", ".join(f"{k} {v}" for k, v in splits.num_examples.items())
         print(f"data {cfg.data}: {len(splits.class_names)} classes; {sizes}", flush=True)
@@ -122,7 +124,7 @@ def run(cfg: FinetuneConfig) -> int:
              "labels_per_class": per_class, "train_examples": splits.num_examples.get("train"),
              "distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync}
     if cfg.compare_scratch:
-        extra.update(_scratch(cfg, run_dir, bb, schedule, per_class, hidden))
+        extra.update(_scratch(cfg, run_dir, bb, schedule, splits, hidden))
     report = training.finish_run(run_dir, model, test_ds=splits.test, class_names=splits.class_names,
                                  history=history, seed=cfg.seed, extra=extra,
                                  title=f"fine-tune {bb.name} on {cfg.data}")
@@ -133,23 +135,16 @@ def run(cfg: FinetuneConfig) -> int:
     return 0
 
 
-def _load(cfg: FinetuneConfig, per_class: int):
-    from kcnn import data as kdata
-
-    return kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
-                      per_class=per_class or None, augment=None if cfg.augment == "none" else cfg.augment)
-
-
-def _scratch(cfg, run_dir, bb, schedule, per_class, hidden) -> dict:
+def _scratch(cfg, run_dir, bb, schedule, splits, hidden) -> dict:
     """The same network from random weights on the same data for as many epochs (saved in the run state)."""
     if "scratch" in run_dir.state:
         return run_dir.state["scratch"]
     from kcnn import training, transfer
 
     training.set_seed(cfg.seed)
-    # Fresh splits: their shuffle order then starts where it starts in a resumed run that skipped the fine-tuning,
-    # so an interrupted run reports the same scratch accuracy as an uninterrupted one.
-    splits = _load(cfg, per_class)
+    # A fresh train pipeline: its shuffle order then starts where it starts in a resumed run that skipped the
+    # fine-tuning, so an interrupted run reports the same scratch accuracy as an uninterrupted one.
+    train = splits.dataset("train", training=True)
     started = time.perf_counter()
     fresh = transfer.backbone(bb.name, None, bb.input_shape, preprocessing=bb.preprocessing)
     model = transfer.classifier(fresh, len(splits.class_names), head=cfg.head, dropout=cfg.dropout, hidden=hidden)
@@ -157,7 +152,7 @@ def _scratch(cfg, run_dir, bb, schedule, per_class, hidden) -> dict:
                                              bn="train", name="scratch")])
     if cfg.verbose:
         print(f"training {bb.name} from scratch on the same data for comparison", flush=True)
-    transfer.fit_schedule(model, fresh, plan, splits.train, splits.val, verbose=cfg.verbose,
+    transfer.fit_schedule(model, fresh, plan, train, splits.val, verbose=cfg.verbose,
                           augmented=cfg.augment != "none", feature_cache=False)
     metrics = training.evaluate(model, splits.test, splits.class_names)
     result = {"scratch_test_accuracy": metrics["test_accuracy"],
