@@ -491,8 +491,8 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                 plans.append(transfer.resolve_train(phase.train, blocks))
             except ValueError as err:
                 raise ValueError(f"phase {number} ({phase.name!r}): {err}") from None
-    train_ds, val_ds = transfer._as_dataset(train_ds), transfer._as_dataset(val_ds)
-    steps = transfer._steps_per_epoch(train_ds)
+    train_ds, val_ds = transfer.as_dataset(train_ds), transfer.as_dataset(val_ds)
+    steps = transfer.steps_per_epoch(train_ds)
     chief_prints = bool(verbose) and is_chief(strategy)
 
     with strategy.scope():
@@ -524,15 +524,15 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                 try:
                     variables = runner.trainable_variables
                     record["trainable_params"] = int(sum(np.prod(v.shape) for v in variables))
-                    rate = transfer._phase_rate(phase, steps, offset=(first - start) * steps)
+                    rate = transfer.phase_rate(phase, steps, offset=(first - start) * steps)
                     opt = transfer.make_optimizer(phase, rate, multipliers)
                     opt.build(variables)
                     train_step = _make_train_step(strategy, runner, opt, variables, dist_train.element_spec)
                     eval_step = (_make_eval_step(strategy, runner, dist_val.element_spec)
                                  if dist_val is not None else None)
                     if chief_prints:
-                        print(transfer._header(number, len(schedule), phase, start, end, first, multipliers,
-                                               False), flush=True)
+                        print(transfer.phase_header(number, len(schedule), phase, start, end, first,
+                                                    multipliers, False), flush=True)
                     model.stop_training = False
                     for epoch in range(first, end):
                         epoch_started = time.perf_counter()
@@ -559,7 +559,7 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                 record["seconds"] = time.perf_counter() - started
                 if chief_prints:
                     ran = history.epochs[len(history.epochs) - record["epochs_run"]:]
-                    print(transfer._summary(number, len(schedule), phase, record, ran), flush=True)
+                    print(transfer.phase_summary(number, len(schedule), phase, record, ran), flush=True)
                 if on_phase_end is not None:
                     on_phase_end(number, phase, history)
         for callback in callbacks:
@@ -572,12 +572,12 @@ def _phase_runner(model, backbone, phase, trained, bn_momentum):
     if backbone is None:
         return model, {}, None
     transfer.set_trainable(model, backbone, list(trained) or "head")
-    pre, body, head = transfer._parts(model)
-    runner = transfer._TrainView(pre, body, head, body_training=phase.bn == "train")
+    pre, body, head = transfer.split_model(model)
+    runner = transfer.TrainView(pre, body, head, body_training=phase.bn == "train")
     multipliers = None
     if phase.lr_mult is not None and trained:
         multipliers = transfer.lr_multipliers(model, backbone, trained, phase.lr_mult)
-    restore = transfer._set_bn_momentum(body, bn_momentum) if phase.bn == "train" else {}
+    restore = transfer.set_bn_momentum(body, bn_momentum) if phase.bn == "train" else {}
     return runner, restore, multipliers
 
 

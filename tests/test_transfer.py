@@ -559,9 +559,11 @@ def test_feature_cache_equals_running_the_backbone():
 
 
 def test_feature_cache_detects_augmentation_and_shuffling():
+    from kcnn.transfer import feature_cache
+
     bb = T.backbone("allcnn_c")
     model = T.classifier(bb, CLASSES)
-    pre, body, head = T._parts(model)
+    pre, body, head = T.split_model(model)
     x, y = _images(20)
     plain = _dataset(x, y, batch=8)
     shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(20, seed=1).batch(8)
@@ -570,13 +572,13 @@ def test_feature_cache_detects_augmentation_and_shuffling():
         lambda: ((x[i:i + 8] + rng.uniform(0, 1, x[i:i + 8].shape).astype("float32"), y[i:i + 8])
                  for i in range(0, 20, 8)),
         output_signature=(tf.TensorSpec((None, 32, 32, 3), tf.float32), tf.TensorSpec((None,), tf.int64)))
-    plan, _ = T._cache_plan(plain, None, pre, body, head[0], 0)
+    plan, _ = feature_cache._cache_plan(plain, None, pre, body, head[0], 0)
     assert plan[0].shape == (20, 192) and plan[2] == 8 and plan[3] is False
     np.testing.assert_array_equal(plan[1][0], y)
-    plan, _ = T._cache_plan(shuffled, None, pre, body, head[0], 0)
+    plan, _ = feature_cache._cache_plan(shuffled, None, pre, body, head[0], 0)
     assert plan[3] is True and sorted(plan[1][0].tolist()) == sorted(y.tolist())
-    assert T._cache_plan(noisy, None, pre, body, head[0], 0)[0] is None
-    assert T._cache_plan(noisy, False, pre, body, head[0], 0)[0][0].shape == (20, 192)
+    assert feature_cache._cache_plan(noisy, None, pre, body, head[0], 0)[0] is None
+    assert feature_cache._cache_plan(noisy, False, pre, body, head[0], 0)[0][0].shape == (20, 192)
 
 
 @pytest.mark.slow

@@ -1,0 +1,143 @@
+"""The kcnn checkpoint format (what recipes.pretrain writes): ``model.keras`` + ``kcnn.json``."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from kcnn.transfer.names import _check_shape, _min_size, _resolve, _short
+from kcnn.transfer.preprocessing import _check_mode
+from kcnn.weights import WeightsError
+
+
+CHECKPOINT_FORMAT = "kcnn-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_MODEL = "model.keras"
+CHECKPOINT_META = "kcnn.json"
+#: Layer names `kcnn.layers.classifier_head` creates; the body of a saved model ends before them.
+_HEAD_NAME = re.compile(r"^(flatten|avg_pool|max_pool|predictions|predictions_conv|fc\d+|fc\d+_dropout)$")
+
+
+def save_checkpoint(path, model: keras.Model, *, arch: str, input_shape, class_names,
+                    preprocessing: str) -> Path:
+    """Write a pretraining checkpoint: ``<path>/model.keras`` and ``<path>/kcnn.json``.
+
+    ``kcnn.json`` holds ``{"format": "kcnn-checkpoint", "version": 1, "arch", "input_shape", "classes",
+    "class_names", "preprocessing", "keras_version"}``. The model is written to a temporary file first and
+    renamed, so an interrupted save never leaves a half-written ``model.keras``.
+
+    Args:
+        path: Directory to write (created if missing).
+        model: The trained model: a `classifier` (its nested "backbone" is the body) or any kcnn/keras model
+            with a `kcnn.layers.classifier_head` head (everything before the head is the body).
+        arch: Architecture name (keras.applications or kcnn registry).
+        input_shape: (height, width, channels) the body was trained at.
+        class_names: Names of the output classes, in output order.
+        preprocessing: Preprocessing mode the body was trained with (a key of `PREPROCESSING`).
+
+    Returns:
+        The checkpoint directory.
+
+    Example:
+        >>> save_checkpoint("runs/pre/ckpt", model, arch="resnet20", input_shape=(32, 32, 3),
+        ...                 class_names=list("0123456789"), preprocessing="unit")
+    """
+    source, canonical = _resolve(arch)
+    shape = _check_shape(canonical, input_shape, _min_size(source, canonical))
+    mode = _check_mode(preprocessing)
+    names = [str(c) for c in class_names]
+    units = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
+    if units is not None and units != len(names):
+        raise ValueError(
+            f"`class_names` has {len(names)} names but the model outputs {units} classes. "
+            f"Received: class_names={names[:10]}{'...' if len(names) > 10 else ''}"
+        )
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / "model.partial.keras"
+    model.save(partial)
+    os.replace(partial, directory / CHECKPOINT_MODEL)
+    meta = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": canonical, "source": source,
+        "input_shape": list(shape), "classes": len(names), "class_names": names, "preprocessing": mode,
+        "keras_version": keras.__version__,
+    }
+    (directory / CHECKPOINT_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def _checkpoint_dir(weights) -> Path | None:
+    if weights is None or (isinstance(weights, str) and weights == "imagenet"):
+        return None
+    try:
+        path = Path(os.fspath(weights))
+    except TypeError:
+        return None
+    if path.is_dir():
+        if (path / CHECKPOINT_META).is_file():
+            return path
+        raise FileNotFoundError(
+            f"{path} is a directory without {CHECKPOINT_META}: not a kcnn checkpoint. Pass a checkpoint "
+            f"directory written by kcnn.transfer.save_checkpoint or a weights file. "
+            f"Received: weights={os.fspath(weights)!r}"
+        )
+    if path.name in (CHECKPOINT_META, CHECKPOINT_MODEL) and (path.parent / CHECKPOINT_META).is_file():
+        return path.parent
+    return None
+
+
+def load_checkpoint(path) -> tuple[keras.Model, dict]:
+    """Load a checkpoint written by `save_checkpoint`.
+
+    Args:
+        path: The checkpoint directory, or its ``model.keras`` or ``kcnn.json``.
+
+    Returns:
+        ``(model, meta)``: the saved model (not compiled) and the parsed ``kcnn.json``.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        WeightsError: an unreadable or foreign ``kcnn.json``.
+    """
+    directory = _checkpoint_dir(path)
+    if directory is None:
+        raise FileNotFoundError(f"No kcnn checkpoint at {path} (expected {CHECKPOINT_META} and "
+                                f"{CHECKPOINT_MODEL}).")
+    try:
+        meta = json.loads((directory / CHECKPOINT_META).read_text())
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"Unreadable {directory / CHECKPOINT_META}: {_short(err)}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{directory / CHECKPOINT_META} is not a kcnn checkpoint (format != "
+                           f"{CHECKPOINT_FORMAT!r}).")
+    if meta.get("version", 0) > CHECKPOINT_VERSION:
+        raise WeightsError(f"{directory} has checkpoint version {meta['version']}; this kcnn reads up to "
+                           f"{CHECKPOINT_VERSION}. Upgrade kcnn.")
+    model_path = directory / CHECKPOINT_MODEL
+    if not model_path.is_file():
+        raise FileNotFoundError(f"Checkpoint {directory} has no {CHECKPOINT_MODEL}.")
+    model = keras.saving.load_model(model_path, compile=False)
+    return model, meta
+
+
+def _checkpoint_body(model: keras.Model) -> keras.Model:
+    """The body of a saved model: its nested "backbone", or everything before its classifier head."""
+    try:
+        nested = model.get_layer("backbone")
+    except ValueError:
+        nested = None
+    if isinstance(nested, keras.Model):
+        return nested
+    body_layers = [layer for layer in model.layers if not isinstance(layer, layers.InputLayer)]
+    first_head = len(body_layers)
+    while first_head > 0 and _HEAD_NAME.match(body_layers[first_head - 1].name):
+        first_head -= 1
+    if first_head == len(body_layers):
+        return keras.Model(model.input, model.output, name="backbone")
+    if first_head == 0:
+        raise WeightsError("The checkpoint's model has no layers before its classifier head.")
+    return keras.Model(model.input, body_layers[first_head].input, name="backbone")
