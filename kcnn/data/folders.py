@@ -1,0 +1,389 @@
+"""The image-folder source: a folder of class sub-folders, or of ``train/`` ``val/`` ``test/`` split folders.
+
+``load`` lists the files, checks each one cheaply (below), and makes the seeded stratified split on the file
+list. Images are decoded by Pillow (converted to RGB: grayscale, palette, RGBA, CMYK and 16-bit images
+included; an animated GIF gives its first frame; an EXIF-rotated JPEG comes out upright as a photo viewer
+shows it) and resized to the target size (bilinear, antialiased; a large JPEG is first decoded at a reduced
+DCT scale no smaller than the target). Where a split is decoded depends on its size and on ``cache``:
+
+* ``cache=True`` (the default) or ``"memory"``, and the split's decoded images (``n * height * width * 3``
+  bytes) at most :data:`FOLDER_MEMORY_BYTES`: decoded once, in parallel threads, into memory when the split
+  is first used, as before.
+* Otherwise the split streams: ``tf.data`` decodes the files it needs, in parallel, in the pipeline, so memory
+  stays bounded by the prefetch whatever the folder's size. ``"memory"`` keeps each decoded image in memory
+  once decoded (the cache fills during the first epoch); a path keeps them in a file (see :class:`_FileStore`);
+  ``False``, or ``True`` above the threshold, decodes every epoch.
+
+Both ways give the same batches for the same seed: one decoder, and the order is a permutation of indices.
+
+Checks while listing: a file that is empty, that Pillow cannot identify from its header, or that is cut short
+(a JPEG without its end-of-image marker, a PNG without its IEND chunk, in its last KiB) is skipped, listed in
+``Splits.skipped`` as ``(path, reason)`` and named in one warning; this reads each file's header and tail, not
+the whole file. Other formats (GIF, BMP), rarer and cheap to decode, are decoded in full while listing. A file
+that passes these checks and still fails to decode later (corrupt inside) keeps its place so that every epoch
+has exactly ``steps_per_epoch`` batches: it yields a black image, is added to ``Splits.skipped`` with the
+reason, and a warning names it. Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left as it is (off by
+default): turned on, it makes truncated files decode with grey tails instead of failing.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from kcnn.data.arrays import _as_float
+from kcnn.data.errors import IMAGE_EXTENSIONS, SPLITS, DataError, DataNotFoundError
+from kcnn.data.pipeline import _index_dataset, _MemoryPart, _Part
+from kcnn.data.splits import _carve, _carved_sizes, _split_indices
+
+#: A split whose decoded images (uint8, ``n * height * width * 3`` bytes) take at most this many bytes is
+#: decoded into memory when first used, if ``cache`` is ``True`` or ``"memory"``; larger ones stream.
+#: 256 MiB is about 1,700 images at 224×224 or 87,000 at 32×32.
+FOLDER_MEMORY_BYTES = 256 * 2**20
+
+_SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+_TAIL_BYTES = 1024
+_END_MARKERS = {"JPEG": (b"\xff\xd9", "JPEG end-of-image marker (FFD9)"), "PNG": (b"IEND", "PNG IEND chunk")}
+_CACHE_VERSION = b"kcnn-folder-cache-1"
+_ROTATED = (5, 6, 7, 8)   # EXIF orientations that swap width and height
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Listing, checking, decoding
+# ---------------------------------------------------------------------------------------------------------
+
+def _image_files(folder: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath) / f for f in sorted(filenames)
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return files
+
+
+def _check_file(path: Path) -> tuple[str | None, int, int]:
+    """``(None or why the file is skipped, size in bytes, modification time in ns)`` from a cheap look."""
+    from PIL import Image
+
+    try:
+        stat = path.stat()
+        if stat.st_size == 0:
+            return "empty file (0 bytes)", 0, stat.st_mtime_ns
+        with Image.open(path) as image:
+            if image.format in _END_MARKERS:
+                marker, name = _END_MARKERS[image.format]
+                with open(path, "rb") as f:
+                    f.seek(max(0, stat.st_size - _TAIL_BYTES))
+                    if marker not in f.read():
+                        return f"truncated: no {name} in its last {_TAIL_BYTES} bytes", 0, 0
+            else:
+                image.load()    # GIF (first frame), BMP: rare, cheap to decode
+        return None, stat.st_size, stat.st_mtime_ns
+    except Exception as err:  # noqa: BLE001 - any failure skips the file with its reason
+        return f"{type(err).__name__}: {err}", 0, 0
+
+
+def _decode_file(path, size) -> np.ndarray:
+    """uint8 ``(h, w, 3)`` of an image file, upright, resized to ``size`` (bilinear, antialiased) if needed."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        if image.format == "JPEG":
+            orientation = image.getexif().get(0x0112, 1)
+            image.draft(None, (size[0], size[1]) if orientation in _ROTATED else (size[1], size[0]))
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):                 # 16-bit grayscale
+            a = np.asarray(image, np.float64) / 257.0
+            image = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        elif image.mode in ("I", "F"):                                          # 32-bit
+            a = np.asarray(image, np.float64)
+            a = a / 257.0 if a.max() > 255 else a
+            image = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        elif image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        image = image.convert("RGB")    # L, LA, P, PA, RGBA, CMYK, YCbCr -> RGB; alpha dropped
+        if image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.BILINEAR)
+        return np.asarray(image, np.uint8)
+
+
+def _map_threads(fn, items) -> list:
+    workers = min(16, 2 * (os.cpu_count() or 1), max(1, len(items)))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Caches of decoded images, random access by index
+# ---------------------------------------------------------------------------------------------------------
+
+class _MemoryStore:
+    """Decoded images kept in memory as they are first decoded (pages are allocated as they fill)."""
+
+    def __init__(self, n: int, size):
+        self._shape, self._images = (n,) + tuple(size) + (3,), None
+        self._filled, self._lock = np.zeros(n, bool), threading.Lock()
+
+    def get(self, i: int):
+        return self._images[i] if self._filled[i] else None
+
+    def put(self, i: int, image: np.ndarray) -> None:
+        with self._lock:
+            if self._images is None:
+                self._images = np.zeros(self._shape, np.uint8)
+            self._images[i] = image
+            self._filled[i] = True
+
+
+class _FileStore:
+    """Decoded images in one file, ``path``: record ``i`` is the image's bytes then a done byte.
+
+    The file is created sparse at its full size; a record whose done byte is 0 was never written (or was
+    interrupted) and is decoded again. Reads and writes are ``pread``/``pwrite`` (no memory map), so the
+    cache takes disk space, not memory. Several processes may share it: they write the same bytes.
+    """
+
+    def __init__(self, path: str, n: int, size):
+        self.path, self._image_bytes = path, int(np.prod(size)) * 3
+        self._record, self._shape = self._image_bytes + 1, tuple(size) + (3,)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if os.fstat(self._fd).st_size < n * self._record:
+                os.ftruncate(self._fd, n * self._record)
+        except OSError as err:
+            raise DataError(f"Cannot write the image cache file {path!r} ({err.strerror}); pass a writable "
+                            f"path prefix as `cache`, or cache='memory' or False.") from None
+
+    def get(self, i: int):
+        data = os.pread(self._fd, self._record, i * self._record)
+        if len(data) < self._record or data[-1] != 1:
+            return None
+        return np.frombuffer(data, np.uint8, self._image_bytes).reshape(self._shape)
+
+    def put(self, i: int, image: np.ndarray) -> None:
+        offset = i * self._record
+        os.pwrite(self._fd, np.ascontiguousarray(image, np.uint8).tobytes(), offset)
+        os.pwrite(self._fd, b"\x01", offset + self._image_bytes)
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:  # pragma: no cover
+                pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One split's files
+# ---------------------------------------------------------------------------------------------------------
+
+class _FilePart(_Part):
+    """One split's image files with labels: decoded into memory once (small splits) or in the pipeline."""
+
+    def __init__(self, paths, y, sizes, mtimes, image_size, cache, skipped: list, split: str, source: str):
+        self.paths, self.y = np.asarray(paths, object), np.asarray(y, np.int32)
+        self.sizes, self.mtimes = np.asarray(sizes, np.int64), np.asarray(mtimes, np.int64)
+        self.image_size, self.cache, self.split, self.source = tuple(image_size), cache, split, source
+        self.skipped, self.num_examples = skipped, len(self.y)
+        self._memory: _MemoryPart | None = None
+        self._store = None
+        self._labels = None
+        self._lock = threading.Lock()
+        self._failed: set[str] = set()
+
+    def take(self, keep, split: str | None = None) -> "_FilePart":
+        return _FilePart(self.paths[keep], self.y[keep], self.sizes[keep], self.mtimes[keep], self.image_size,
+                         self.cache, self.skipped, split or self.split, self.source)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether this split is decoded into memory at once rather than streamed."""
+        decoded = self.num_examples * self.image_size[0] * self.image_size[1] * 3
+        return self.cache in (True, "memory") and decoded <= FOLDER_MEMORY_BYTES
+
+    def cache_key(self) -> str:
+        """A hash of everything that changes the decoded images: the files (path, size, modification time)
+        and their labels, in order, the image size and the decoder's version."""
+        digest = hashlib.sha256(_CACHE_VERSION)
+        digest.update(repr(self.image_size).encode())
+        for path, size, mtime, label in zip(self.paths, self.sizes, self.mtimes, self.y):
+            digest.update(f"\0{os.path.abspath(path)}\0{size}\0{mtime}\0{label}".encode())
+        return digest.hexdigest()[:16]
+
+    def _decoded(self, i: int) -> np.ndarray:
+        path = self.paths[i]
+        try:
+            return _decode_file(path, self.image_size)
+        except Exception as err:  # noqa: BLE001 - a corrupt file becomes a black image, named once
+            with self._lock:
+                new = path not in self._failed
+                self._failed.add(path)
+            if new:
+                reason = f"{type(err).__name__}: {err}; used as a black image to keep the epoch's batches"
+                self.skipped.append((str(path), reason))
+                warnings.warn(f"kcnn.data: could not decode {path} ({reason}).", stacklevel=2)
+            return np.zeros(self.image_size + (3,), np.uint8)
+
+    def _image(self, i) -> np.ndarray:
+        i = int(i)
+        image = self._store.get(i) if self._store is not None else None
+        if image is None:
+            image = self._decoded(i)
+            if self._store is not None and self.paths[i] not in self._failed:
+                self._store.put(i, image)
+        return image
+
+    def _memory_part(self) -> _MemoryPart:
+        if self._memory is None:
+            x = np.zeros((self.num_examples,) + self.image_size + (3,), np.uint8)
+
+            def fill(i):
+                x[i] = self._decoded(i)
+
+            _map_threads(fill, range(self.num_examples))
+            self._memory = _MemoryPart(x, self.y, _as_float)
+        return self._memory
+
+    def _prepare_stream(self) -> None:
+        if self._labels is not None:
+            return
+        if self.num_examples and self.cache == "memory":
+            self._store = _MemoryStore(self.num_examples, self.image_size)
+        elif self.num_examples and isinstance(self.cache, (str, os.PathLike)):
+            name = Path(self.source).name or "folder"
+            self._store = _FileStore(f"{os.fspath(self.cache)}-{name}-{self.cache_key()}-{self.split}.cache",
+                                     self.num_examples, self.image_size)
+        self._labels = tf.constant(self.y)
+
+    def batches(self, batch_size, shuffle_seed, epoch=None, shard=None):
+        if self.in_memory:
+            return self._memory_part().batches(batch_size, shuffle_seed, epoch, shard)
+        self._prepare_stream()
+        labels, shape = self._labels, self.image_size + (3,)
+
+        def load(i):
+            image = tf.numpy_function(self._image, [i], tf.uint8, stateful=True)
+            image.set_shape(shape)
+            return image, tf.gather(labels, i)
+
+        index = _index_dataset(self.num_examples, shuffle_seed, epoch, shard)
+        return (index.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+                .map(lambda x, y: (_as_float(x), y), num_parallel_calls=tf.data.AUTOTUNE))
+
+    def numpy(self):
+        if self.in_memory:
+            return self._memory_part().numpy()
+        xs = [x.numpy() for x, _ in self.batches(256, None)]
+        x = np.concatenate(xs) if xs else np.zeros((0,) + self.image_size + (3,), np.float32)
+        return x, self.y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The source
+# ---------------------------------------------------------------------------------------------------------
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _folder_parts(root: Path, size, fractions, seed, cache=True):
+    if not root.exists():
+        raise DataNotFoundError(f"Data folder {str(root)!r} does not exist. Give a folder of class "
+                                f"sub-folders (or of train/ val/ test/ split folders). "
+                                f"Received: source={str(root)!r}")
+    if not root.is_dir():
+        raise DataError(f"{str(root)!r} is a file, not a folder of class sub-folders. "
+                        f"Received: source={str(root)!r}")
+    subdirs = _class_folders(root)
+    names = [p.name for p in subdirs]
+    split_layout = "train" in names and all(n in _SPLIT_FOLDERS for n in names)
+    if split_layout:
+        given = {_SPLIT_FOLDERS[n]: root / n for n in names}
+        if len(given) < len(names):
+            raise DataError(f"{str(root)!r} has both val/ and validation/ folders; keep one.")
+    else:
+        given = {"train": root}
+    skipped: list[tuple[str, str]] = []
+    empty: list[str] = []
+    read: dict[str, _FilePart] = {}
+    class_names: list[str] = []
+    total = 0
+    for split in ("train", "val", "test"):
+        if split not in given:
+            continue
+        folder = given[split]
+        classes = _class_folders(folder)
+        files: list[Path] = []
+        file_class: list[str] = []
+        for c in classes:
+            found = _image_files(c)
+            if not found:
+                empty.append(str(c))
+            files += found
+            file_class += [c.name] * len(found)
+        checks = _map_threads(_check_file, files)
+        total += len(files)
+        ok = [i for i, (reason, _, _) in enumerate(checks) if reason is None]
+        skipped += [(str(path), reason) for path, (reason, _, _) in zip(files, checks) if reason is not None]
+        ok_classes = [file_class[i] for i in ok]
+        if split == "train":
+            class_names = sorted(set(ok_classes))
+            for c in classes:
+                if c.name not in class_names and str(c) not in empty:
+                    empty.append(f"{c} (no decodable images)")
+            if not files:
+                raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders of "
+                                f"{str(folder)!r}. Expected {folder}/<class name>/<image files>.")
+            if len(class_names) < 2:
+                raise DataError(f"{str(folder)!r} has {len(class_names)} class folder(s) with decodable "
+                                f"images ({class_names}); classification needs at least 2. Expected "
+                                f"{folder}/<class name>/<image files>.")
+        index = {c: i for i, c in enumerate(class_names)}
+        keep = []
+        for i in ok:
+            if file_class[i] in index:
+                keep.append(i)
+            else:
+                skipped.append((str(files[i]), f"class {file_class[i]!r} is not among the train classes"))
+        read[split] = _FilePart([str(files[i]) for i in keep], [index[file_class[i]] for i in keep],
+                                [checks[i][1] for i in keep], [checks[i][2] for i in keep], size, cache,
+                                skipped, split, str(root))
+    if skipped:
+        shown = "; ".join(f"{p} ({r})" for p, r in skipped[:10])
+        more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        warnings.warn(f"kcnn.data: skipped {len(skipped)} of {total} image files under {root}: {shown}{more}",
+                      stacklevel=3)
+    if empty:
+        warnings.warn(f"kcnn.data: {len(empty)} class folder(s) without images, left out of the classes: "
+                      f"{', '.join(empty)}", stacklevel=3)
+    train = read["train"]
+    if not split_layout:
+        index = _split_indices(train.y, fractions, seed, str(root))
+        return class_names, {s: train.take(index[s], s) for s in SPLITS}, skipped
+    for split in ("val", "test"):
+        if split in read and read[split].num_examples == 0:
+            raise DataError(f"The {split} folder {str(given[split])!r} has no decodable images of the "
+                            f"train classes {class_names}; add some, or remove the folder to carve the "
+                            f"{split} split from train.")
+    sizes = _carved_sizes(train.num_examples, fractions, len(class_names), str(root),
+                          splits=[s for s in ("val", "test") if s not in read])
+    keep = np.arange(train.num_examples)
+    parts: dict[str, _Part] = {}
+    for salt, split in enumerate(("val", "test"), start=3):
+        if split not in read:
+            keep_rel, carved_rel = _carve(train.y[keep], sizes[split], seed, salt)
+            parts[split] = train.take(keep[carved_rel], split)
+            keep = keep[keep_rel]
+        else:
+            parts[split] = read[split]
+    parts["train"] = train.take(keep, "train")
+    return class_names, parts, skipped
