@@ -5,13 +5,13 @@ batch norm, SpatialDropout2D and head options are applied, so every family gets 
 """
 from __future__ import annotations
 
-import keras
 from keras import layers
 
 from kcnn import perf as _perf  # registers kcnn's fused batch norm: `import kcnn` then loads .keras files
 
-#: Batch-norm momentum for kcnn's own nets. Keras' default (0.99) leaves ~37% of the initial moving statistics
-#: after 100 steps, so a model trained briefly evaluates near chance (FINDINGS.md); 0.9 converges in ~50 steps.
+#: Batch-norm momentum for kcnn's own nets. With Keras' default (0.99) the moving statistics keep
+#: 0.99^100 = 0.37 of their initial values after 100 steps, so a briefly trained model evaluates near chance;
+#: with 0.9 they converge in about 50 steps.
 BN_MOMENTUM = 0.9
 #: keras.applications' ResNet epsilon; kcnn uses it everywhere so weights port without a numeric shift.
 BN_EPSILON = 1.001e-5

@@ -10,9 +10,12 @@ import os
 from pathlib import Path
 
 import keras
-from keras.src.applications import resnet as _keras_resnet
-from keras.src.applications import vgg16 as _keras_vgg16
-from keras.src.applications import vgg19 as _keras_vgg19
+
+from kcnn._compat import keras_applications_module
+
+_keras_resnet = keras_applications_module("resnet")
+_keras_vgg16 = keras_applications_module("vgg16")
+_keras_vgg19 = keras_applications_module("vgg19")
 
 
 class WeightsError(ValueError):

@@ -442,3 +442,11 @@ def test_measure_vgg16_224_conversion():
           f"{peak_after / 1e6:.2f} GB (Linux ru_maxrss in KiB)")
     assert fcn.get_layer("fc1").kernel.shape == (7, 7, 512, 4096)
     assert fcn.count_params() == model.count_params() == 138_357_544
+
+
+def test_public_api_stays_on_kcnn_convert():
+    assert kcnn.convert is convert
+    assert sorted(convert.__all__) == sorted(
+        ["dense_to_conv", "pool_to_conv", "copy_dense_head_to_conv", "fc_as_conv_demo", "POOL_INITS"])
+    assert all(callable(getattr(convert, name)) for name in convert.__all__ if name != "POOL_INITS")
+    assert convert.POOL_INITS == ("random", "average")

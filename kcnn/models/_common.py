@@ -1,5 +1,7 @@
-"""Argument handling shared by every builder: input shape, weights, and the kcnn options."""
+"""Argument handling shared by every builder: input shape, weights, the kcnn options and the docstrings."""
 from __future__ import annotations
+
+import inspect
 
 import keras
 
@@ -7,11 +9,12 @@ from kcnn import layers as kl
 from kcnn import weights as kw
 
 
-def make_input(arch: str, input_shape, default_shape, min_size: int, input_tensor=None):
-    """Validate ``input_shape`` (H, W, C) and return the model input tensor."""
+def make_input(arch: str, spec, input_shape, input_tensor=None):
+    """Validate ``input_shape`` (H, W, C) against ``spec`` and return the model input tensor."""
     if input_tensor is not None:
         return input_tensor, input_tensor
-    shape = tuple(default_shape if input_shape is None else input_shape)
+    min_size = spec.min_size
+    shape = tuple(spec.default_input_shape if input_shape is None else input_shape)
     if len(shape) != 3:
         raise ValueError(f"{arch}: input_shape must be (height, width, channels). Received: input_shape={shape}")
     for size in shape[:2]:
@@ -49,3 +52,40 @@ def check_options(arch: str, *, classes, weights, include_top, kcnn_options: dic
 def finish(inputs, outputs, name: str, arch: str, weights, include_top: bool) -> keras.Model:
     model = keras.Model(inputs, outputs, name=name)
     return kw.load_into(model, weights, arch, include_top)
+
+
+# The keras.applications arguments every builder takes, documented once; filled in from the builder's spec.
+_KERAS_ARGS = """Args:
+    include_top: Whether to include the classifier head.
+    weights: None (random initialisation) or the path of a weights file (.h5, .weights.h5, .keras).{imagenet}
+    input_tensor: Optional Keras tensor (e.g. the output of ``keras.Input``) to use as the model input.
+    input_shape: (height, width, channels); default {shape}. Height and width are at least {min_size}
+        pixels, or None for any size (not with head="dense").
+    pooling: With include_top=False: None (the last feature map), "avg" or "max" (global pooling).
+    classes: Number of classes (default {classes}).
+    classifier_activation: Activation of the last layer ("softmax", or None for logits).
+    name: Model name (default "{name}")."""
+
+
+def document(spec, options: str, example: str):
+    """Decorator: complete a builder's docstring with its Args, Returns and Example sections.
+
+    The keras.applications arguments are documented here once, their defaults filled in from ``spec``;
+    ``options`` documents the family's kcnn options, written as they appear under "Args:" (entries indented by
+    4 spaces, continuation lines by 8). ``example`` is a call such as ``"kcnn.models.{name}(classes=10)"``.
+    """
+
+    def wrap(fn):
+        fields = dict(name=fn.__name__, shape=spec.default_input_shape, min_size=spec.min_size,
+                      classes=spec.default_classes,
+                      imagenet=('\n        "imagenet": keras.applications\' published ImageNet weights (stock '
+                                'options only).' if fn.__name__ in kw.IMAGENET_FILES else ""))
+        fn.__doc__ = "\n\n".join([
+            inspect.cleandoc(fn.__doc__ or fn.__name__),
+            _KERAS_ARGS.format(**fields) + "\n" + options.strip("\n"),
+            "Returns:\n    A keras.Model.",
+            f"Example:\n    >>> model = {example.format(**fields)}",
+        ]) + "\n"
+        return fn
+
+    return wrap

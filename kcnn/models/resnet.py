@@ -12,8 +12,8 @@ Reference: He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", 
 from __future__ import annotations
 
 from kcnn import layers as kl
-from kcnn.models._common import check_options, finish, make_input
-from kcnn.registry import register_model
+from kcnn.models._common import check_options, document, finish, make_input
+from kcnn.registry import ModelSpec, register_model
 
 #: ImageNet ResNets: block type and blocks per stage (conv2..conv5).
 IMAGENET_RESNETS = {
@@ -25,6 +25,23 @@ IMAGENET_RESNETS = {
 }
 #: CIFAR ResNets: depth -> basic blocks per stage, n = (depth - 2) / 6.
 CIFAR_RESNETS = {f"resnet{d}": (d - 2) // 6 for d in (20, 32, 44, 56, 110)}
+
+
+RESNET_SPEC = ModelSpec(family="resnet", default_input_shape=(224, 224, 3), min_size=32, default_classes=1000,
+                        blocks=("conv1", "conv2", "conv3", "conv4", "conv5"))
+CIFAR_RESNET_SPEC = ModelSpec(family="cifar_resnet", default_input_shape=(32, 32, 3), min_size=8,
+                              default_classes=10, blocks=("conv1", "conv2", "conv3", "conv4"))
+
+_OPTIONS = """
+    norm: "batch" (default) or None.
+    spatial_dropout: SpatialDropout2D rate after each activated conv inside the blocks.
+    dropout: Dropout rate after the hidden fully connected layers of the head.
+    head: "gap" (default), "dense" or "conv".
+    fc_units: Hidden fully connected widths (default none).
+"""
+_CIFAR_OPTIONS = _OPTIONS + """
+    shortcut: "A" (zero-padded identity, the paper's default) or "B" (1x1 projection where the shape changes).
+"""
 
 
 def basic_block(x, filters, strides=1, *, name, norm="batch", spatial_dropout=0.0, use_bias=None, shortcut="B"):
@@ -61,15 +78,14 @@ def bottleneck_block(x, filters, strides=1, *, name, norm="batch", spatial_dropo
     return kl.layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def _imagenet_resnet(arch, *, input_shape=None, classes=1000, include_top=True, pooling=None,
-                     classifier_activation="softmax", weights=None, name=None, norm="batch", spatial_dropout=0.0,
-                     dropout=0.0, head="gap", fc_units=(), input_tensor=None):
+def _imagenet_resnet(arch, *, include_top, weights, input_tensor, input_shape, pooling, classes,
+                     classifier_activation, name, norm, spatial_dropout, dropout, head, fc_units):
     kind, depths = IMAGENET_RESNETS[arch]
     stock = norm == "batch" and not spatial_dropout and not dropout and head == "gap" and not tuple(fc_units)
     check_options(arch, classes=classes, weights=weights, include_top=include_top,
                   imagenet_ok=stock and kind == "bottleneck",
                   kcnn_options=dict(norm=norm, spatial_dropout=spatial_dropout, dropout=dropout, head=head))
-    inputs, x = make_input(arch, input_shape, (224, 224, 3), 32, input_tensor)
+    inputs, x = make_input(arch, RESNET_SPEC, input_shape, input_tensor)
     # keras.applications' v1 nets keep conv biases before BN; torchvision's 18/34 are bias-free.
     use_bias = True if (kind == "bottleneck" or norm is None) else False
     x = kl.conv_block(x, 64, 7, 2, name="conv1", norm=norm, use_bias=use_bias, pad=3)
@@ -90,14 +106,13 @@ def _imagenet_resnet(arch, *, input_shape=None, classes=1000, include_top=True, 
     return finish(inputs, x, name or arch, arch, weights, include_top)
 
 
-def _cifar_resnet(arch, *, input_shape=None, classes=10, include_top=True, pooling=None,
-                  classifier_activation="softmax", weights=None, name=None, norm="batch", spatial_dropout=0.0,
-                  dropout=0.0, head="gap", fc_units=(), shortcut="A", input_tensor=None):
+def _cifar_resnet(arch, *, include_top, weights, input_tensor, input_shape, pooling, classes,
+                  classifier_activation, name, norm, spatial_dropout, dropout, head, fc_units, shortcut):
     n = CIFAR_RESNETS[arch]
     check_options(arch, classes=classes, weights=weights, include_top=include_top, imagenet_ok=False,
                   kcnn_options=dict(norm=norm, spatial_dropout=spatial_dropout, dropout=dropout, head=head))
     kl.check_choice("shortcut", shortcut, ("A", "B"))
-    inputs, x = make_input(arch, input_shape, (32, 32, 3), 8, input_tensor)
+    inputs, x = make_input(arch, CIFAR_RESNET_SPEC, input_shape, input_tensor)
     x = kl.conv_block(x, 16, 3, name="conv1", norm=norm)
     for stage, filters in enumerate((16, 32, 64), start=2):
         for b in range(1, n + 1):
@@ -109,63 +124,141 @@ def _cifar_resnet(arch, *, input_shape=None, classes=10, include_top=True, pooli
     return finish(inputs, x, name or arch, arch, weights, include_top)
 
 
-_ARGS_DOC = """
-    Args:
-        input_shape: (H, W, C); default {shape}; any size >= {min_size} px.
-        classes: Number of classes (default {classes}).
-        include_top: Whether to include the classifier head.
-        pooling: None | "avg" | "max" when include_top=False.
-        classifier_activation: Activation of the last layer.
-        weights: None, {imagenet}or a weights file path.
-        name: Model name.
-        norm: "batch" (default) or None.
-        spatial_dropout: SpatialDropout2D rate after each activated conv inside the blocks.
-        dropout: Dropout after hidden fully connected layers of the head.
-        head: "gap" (default), "dense" or "conv".
-        fc_units: Hidden fully connected widths (default none).{extra}
-
-    Returns:
-        A keras.Model.
-
-    Example:
-        >>> model = kcnn.models.{arch}({example})
-"""
+@register_model(RESNET_SPEC)
+@document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
+def resnet18(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+             classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
+             spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+    """ResNet-18: basic blocks (two 3x3 convs) (2, 2, 2, 2) per stage; torchvision's parameterisation
+    (bias-free convs, symmetric padding), 11,689,512 parameters."""
+    return _imagenet_resnet(
+        "resnet18", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units)
 
 
-def _imagenet_entry(arch):
-    def builder(**kwargs):
-        return _imagenet_resnet(arch, **kwargs)
-
-    kind, depths = IMAGENET_RESNETS[arch]
-    builder.__name__ = arch
-    builder.__doc__ = f"ImageNet ResNet-{arch[6:]} ({kind} blocks {depths}).\n" + _ARGS_DOC.format(
-        shape="(224, 224, 3)", min_size=32, classes=1000, arch=arch, extra="",
-        imagenet="'imagenet' (stock configuration), " if kind == "bottleneck" else "",
-        example="weights=None, classes=10, input_shape=(64, 64, 3)")
-    return register_model(family="resnet", default_input_shape=(224, 224, 3), min_size=32, default_classes=1000,
-                          blocks=("conv1", "conv2", "conv3", "conv4", "conv5"))(builder)
-
-
-def _cifar_entry(arch):
-    def builder(**kwargs):
-        return _cifar_resnet(arch, **kwargs)
-
-    builder.__name__ = arch
-    builder.__doc__ = f"CIFAR ResNet-{arch[6:]} ({CIFAR_RESNETS[arch]} basic blocks per stage).\n" + \
-        _ARGS_DOC.format(shape="(32, 32, 3)", min_size=8, classes=10, arch=arch, imagenet="",
-                         extra='\n        shortcut: "A" (zero-padded identity, default) or "B" (1x1 projection).',
-                         example="classes=10")
-    return register_model(family="cifar_resnet", default_input_shape=(32, 32, 3), min_size=8, default_classes=10,
-                          blocks=("conv1", "conv2", "conv3", "conv4"))(builder)
+@register_model(RESNET_SPEC)
+@document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
+def resnet34(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+             classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
+             spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+    """ResNet-34: basic blocks (two 3x3 convs) (3, 4, 6, 3) per stage; torchvision's parameterisation
+    (bias-free convs, symmetric padding), 21,797,672 parameters."""
+    return _imagenet_resnet(
+        "resnet34", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units)
 
 
-resnet18 = _imagenet_entry("resnet18")
-resnet34 = _imagenet_entry("resnet34")
-resnet50 = _imagenet_entry("resnet50")
-resnet101 = _imagenet_entry("resnet101")
-resnet152 = _imagenet_entry("resnet152")
-resnet20 = _cifar_entry("resnet20")
-resnet32 = _cifar_entry("resnet32")
-resnet44 = _cifar_entry("resnet44")
-resnet56 = _cifar_entry("resnet56")
-resnet110 = _cifar_entry("resnet110")
+@register_model(RESNET_SPEC)
+@document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
+def resnet50(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+             classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
+             spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+    """ResNet-50: bottleneck blocks (1x1, 3x3, 1x1) (3, 4, 6, 3) per stage; keras.applications.ResNet50
+    (v1, conv biases), whose ImageNet weights load."""
+    return _imagenet_resnet(
+        "resnet50", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units)
+
+
+@register_model(RESNET_SPEC)
+@document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
+def resnet101(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+              classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
+              spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+    """ResNet-101: bottleneck blocks (1x1, 3x3, 1x1) (3, 4, 23, 3) per stage;
+    keras.applications.ResNet101 (v1, conv biases), whose ImageNet weights load."""
+    return _imagenet_resnet(
+        "resnet101", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units)
+
+
+@register_model(RESNET_SPEC)
+@document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
+def resnet152(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+              classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
+              spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+    """ResNet-152: bottleneck blocks (1x1, 3x3, 1x1) (3, 8, 36, 3) per stage;
+    keras.applications.ResNet152 (v1, conv biases), whose ImageNet weights load."""
+    return _imagenet_resnet(
+        "resnet152", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units)
+
+
+@register_model(CIFAR_RESNET_SPEC)
+@document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
+def resnet20(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+             classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
+             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+    """CIFAR ResNet-20: a 3x3 stem and three stages of 3 basic blocks (16, 32, 64 filters); about 0.27 M
+    parameters, as in section 4.2 of the paper."""
+    return _cifar_resnet(
+        "resnet20", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)
+
+
+@register_model(CIFAR_RESNET_SPEC)
+@document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
+def resnet32(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+             classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
+             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+    """CIFAR ResNet-32: a 3x3 stem and three stages of 5 basic blocks (16, 32, 64 filters); about 0.46 M
+    parameters, as in section 4.2 of the paper."""
+    return _cifar_resnet(
+        "resnet32", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)
+
+
+@register_model(CIFAR_RESNET_SPEC)
+@document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
+def resnet44(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+             classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
+             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+    """CIFAR ResNet-44: a 3x3 stem and three stages of 7 basic blocks (16, 32, 64 filters); about 0.66 M
+    parameters, as in section 4.2 of the paper."""
+    return _cifar_resnet(
+        "resnet44", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)
+
+
+@register_model(CIFAR_RESNET_SPEC)
+@document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
+def resnet56(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+             classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
+             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+    """CIFAR ResNet-56: a 3x3 stem and three stages of 9 basic blocks (16, 32, 64 filters); about 0.85 M
+    parameters, as in section 4.2 of the paper."""
+    return _cifar_resnet(
+        "resnet56", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)
+
+
+@register_model(CIFAR_RESNET_SPEC)
+@document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
+def resnet110(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+              classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
+              norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+    """CIFAR ResNet-110: a 3x3 stem and three stages of 18 basic blocks (16, 32, 64 filters); about 1.7 M
+    parameters, as in section 4.2 of the paper."""
+    return _cifar_resnet(
+        "resnet110", include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
+        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)

@@ -1,0 +1,87 @@
+"""Every reach into a dependency's internals (kcnn._compat) still finds what it needs: fails loudly when one moves."""
+import ast
+import pathlib
+
+import pytest
+
+from kcnn import _compat
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_every_keras_application_module_kcnn_reads_is_there():
+    for name in ("vgg16", "vgg19", "resnet"):
+        module = _compat.keras_applications_module(name)
+        assert hasattr(module, "WEIGHTS_PATH") or hasattr(module, "BASE_WEIGHTS_PATH")
+
+
+def test_tensorflow_and_keras_tuner_internals_are_there():
+    assert isinstance(_compat.tf_gradient_registry(), dict)
+    assert isinstance(_compat.tf_context_initialized(), bool)
+    assert isinstance(_compat.tf_onednn_enabled(), bool)
+    assert _compat.kt_oracle_client_class().__name__ == "OracleClient"
+    assert callable(_compat.kt_distribute_utils().has_chief_oracle)
+    assert isinstance(_compat.kt_config_module().DEBUG, bool)
+    assert hasattr(_compat.keras_trainer_class(), "_resolve_auto_jit_compile")
+
+
+def test_a_moved_module_raises_compat_error_naming_the_package():
+    with pytest.raises(_compat.CompatError, match="keras"):
+        _compat._module("keras.src.no_such_module", "keras")
+
+
+def test_no_other_module_reaches_into_dependency_internals():
+    offenders = []
+    for path in [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]:
+        if path.name == "_compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name.startswith(("keras.src", "tensorflow.python", "keras_tuner.src")):
+                    offenders.append(f"{path.relative_to(ROOT)}: {name}")
+    assert offenders == []
+
+
+def test_no_private_name_is_imported_from_another_package_of_the_project():
+    """`from kcnn.x import _y` (or `x._y`) across packages couples modules to each other's insides."""
+    files = [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]
+    modules = {}
+    for p in files:
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+
+    def package(mod):
+        return mod if modules[mod].name == "__init__.py" else mod.rsplit(".", 1)[0]
+
+    found = []
+    for mod, path in modules.items():
+        aliases = {}
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package(mod).split(".")
+                    up = up[:len(up) - (node.level - 1)]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    if full in modules:
+                        aliases[alias.asname or alias.name] = full
+                    elif (base in modules and alias.name.startswith("_") and not alias.name.startswith("__")
+                          and package(base) != package(mod)):
+                        found.append(f"{mod} imports {base}.{alias.name}")
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname or a.name: a.name for a in node.names if a.name in modules})
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                target = aliases[node.value.id]
+                if package(target) != package(mod) and target != "kcnn._compat":
+                    found.append(f"{mod} uses {target}.{node.attr}")
+    assert sorted(set(found)) == []
