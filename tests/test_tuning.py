@@ -108,14 +108,26 @@ def test_hypercnn_rejects_models_too_large_for_the_images():
         tuning.HyperCNN(10, (16, 16, 3), models=["resnet21"])
 
 
+def _nan_weighted(dataset):
+    """``dataset`` with a NaN sample weight on every example: the loss is NaN by construction.
+
+    NaN images are not enough: with TensorFlow's oneDNN kernels (on by default on many x86 CPUs) NaN does not
+    propagate through the network (All-CNN-A's loss came out log(10), finite), and an absurd learning rate
+    gives a huge but finite loss there. A NaN weight multiplies the per-example losses after the network, so
+    the loss is NaN on every kernel and every CPU.
+    """
+    return dataset.map(lambda images, labels: (images, labels, tf.fill(tf.shape(labels), np.nan)))
+
+
 def test_nan_loss_fails_the_trial():
     hypermodel = tuning.HyperCNN(10, (SIZE, SIZE, 3), models=["allcnn_a"])
     hp = tuning.fixed_hyperparameters({"batch_norm": False, "optimizer": "sgd"})
     model = hypermodel.build(hp)
-    x = np.full((40, SIZE, SIZE, 3), np.nan, "float32")
-    data = tf.data.Dataset.from_tensor_slices((x, np.zeros(40, "int32"))).batch(10)
+    stopped = []
+    stop = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: stopped.append(epoch))
     with pytest.raises(kt.errors.FailedTrialError, match="loss became nan in epoch 1"):
-        hypermodel.fit(hp, model, data, epochs=3, verbose=0)
+        hypermodel.fit(hp, model, _nan_weighted(_digits(40)), epochs=3, callbacks=[stop], verbose=0)
+    assert stopped == [0]  # TerminateOnNaN ended the fit in its first epoch
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -186,7 +198,7 @@ def test_hyperfinetune_maps_hyperband_budgets_onto_one_schedule():
 
 
 class _Flaky(tuning.HyperCNN):
-    """Trial 1 runs out of memory, trial 2 gets NaN images, the rest train normally."""
+    """Trial 1 runs out of memory, trial 2's loss is NaN (NaN sample weights), the rest train normally."""
 
     calls = 0
 
@@ -195,7 +207,7 @@ class _Flaky(tuning.HyperCNN):
         if self.calls == 1:
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape [4096]")
         if self.calls == 2:
-            x = x.map(lambda images, labels: (images * np.nan, labels))
+            x = _nan_weighted(x)
         return super().fit(hp, model, x, **kwargs)
 
 
