@@ -243,7 +243,7 @@ def run(cfg: TuneConfig) -> int:
         if cfg.overwrite and out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        tuning._write_json(out / SEARCH_FILE, ident)
+        tuning.write_json(out / SEARCH_FILE, ident)
     tuner = tuning.make_tuner(cfg.tuner, hypermodel, directory=out, project_name=PROJECT,
                               objective=cfg.objective, max_trials=max_trials_of(cfg), epochs=cfg.epochs,
                               factor=cfg.factor, seed=cfg.seed,
@@ -292,16 +292,18 @@ def run(cfg: TuneConfig) -> int:
         print(f"error: {err} ({out / 'trials.csv'})", file=sys.stderr)
         return 1
     best["search"] = summary
-    tuning._write_json(out / "best_hyperparameters.json", best)
+    tuning.write_json(out / "best_hyperparameters.json", best)
     if not cfg.retrain:
         return 0
     return _retrain(cfg, out, tuner, hypermodel, best, splits, summary, np, tf)
 
 
 def _keras_tuner_tracebacks(show: bool) -> None:
+    from kcnn import _compat
+
     try:
-        from keras_tuner.src import config as kt_config
-    except ImportError:  # pragma: no cover - another keras-tuner layout
+        kt_config = _compat.kt_config_module()
+    except _compat.CompatError:  # pragma: no cover - another keras-tuner layout: keep its default
         return
     kt_config.DEBUG = bool(show)
 
@@ -324,12 +326,12 @@ def _retrain(cfg, out, tuner, hypermodel, best, splits, summary, np, tf) -> int:
     from kcnn import training, tuning
 
     report_file = out / "report.json"
-    previous = tuning._read_json(report_file) or {}
+    previous = tuning.read_json(report_file) or {}
     if (previous.get("best_trial") == best["trial_id"]
             and previous.get("best_hyperparameters") == best["hyperparameters"]
             and (out / "model.keras").is_file()):
         previous["search"] = summary
-        tuning._write_json(report_file, previous)
+        tuning.write_json(report_file, previous)
         print(f"best configuration unchanged (trial {best['trial_id']}); test accuracy "
               f"{previous['test_accuracy']:.3f} ({out})", flush=True)
         return 0
