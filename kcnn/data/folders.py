@@ -32,6 +32,7 @@ import hashlib
 import os
 import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,10 @@ class _MemoryStore:
     def get(self, i: int):
         return self._images[i] if self._filled[i] else None
 
+    def get_many(self, index: np.ndarray):
+        """All of ``index``'s images as one array if all are cached, else ``None``."""
+        return self._images[index] if self._filled[index].all() else None
+
     def put(self, i: int, image: np.ndarray) -> None:
         with self._lock:
             if self._images is None:
@@ -156,11 +161,15 @@ class _FileStore:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            weakref.finalize(self, os.close, self._fd)
             if os.fstat(self._fd).st_size < n * self._record:
                 os.ftruncate(self._fd, n * self._record)
         except OSError as err:
             raise DataError(f"Cannot write the image cache file {path!r} ({err.strerror}); pass a writable "
                             f"path prefix as `cache`, or cache='memory' or False.") from None
+
+    def get_many(self, index: np.ndarray):
+        return None
 
     def get(self, i: int):
         data = os.pread(self._fd, self._record, i * self._record)
@@ -172,14 +181,6 @@ class _FileStore:
         offset = i * self._record
         os.pwrite(self._fd, np.ascontiguousarray(image, np.uint8).tobytes(), offset)
         os.pwrite(self._fd, b"\x01", offset + self._image_bytes)
-
-    def __del__(self):
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:  # pragma: no cover
-                pass
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -233,14 +234,28 @@ class _FilePart(_Part):
                 warnings.warn(f"kcnn.data: could not decode {path} ({reason}).", stacklevel=2)
             return np.zeros(self.image_size + (3,), np.uint8)
 
-    def _image(self, i) -> np.ndarray:
-        i = int(i)
+    def _image(self, i: int) -> np.ndarray:
         image = self._store.get(i) if self._store is not None else None
         if image is None:
             image = self._decoded(i)
             if self._store is not None and self.paths[i] not in self._failed:
                 self._store.put(i, image)
         return image
+
+    def _images(self, index: np.ndarray) -> np.ndarray:
+        """uint8 images of a batch of indices: from the cache, else decoded by Pillow in parallel threads
+        (Pillow releases the GIL while it decodes and resizes)."""
+        if self._store is not None:
+            cached = self._store.get_many(index)
+            if cached is not None:
+                return cached
+        out = np.empty((len(index),) + self.image_size + (3,), np.uint8)
+
+        def fill(k):
+            out[k] = self._image(int(index[k]))
+
+        list(self._pool.map(fill, range(len(index))))
+        return out
 
     def _memory_part(self) -> _MemoryPart:
         if self._memory is None:
@@ -263,6 +278,9 @@ class _FilePart(_Part):
             self._store = _FileStore(f"{os.fspath(self.cache)}-{name}-{self.cache_key()}-{self.split}.cache",
                                      self.num_examples, self.image_size)
         self._labels = tf.constant(self.y)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1),
+                                                           thread_name_prefix="kcnn-decode")
+        weakref.finalize(self, self._pool.shutdown, wait=False)
 
     def batches(self, batch_size, shuffle_seed, epoch=None, shard=None):
         if self.in_memory:
@@ -271,13 +289,12 @@ class _FilePart(_Part):
         labels, shape = self._labels, self.image_size + (3,)
 
         def load(i):
-            image = tf.numpy_function(self._image, [i], tf.uint8, stateful=True)
-            image.set_shape(shape)
-            return image, tf.gather(labels, i)
+            images = tf.numpy_function(self._images, [i], tf.uint8, stateful=True)
+            images.set_shape((None,) + shape)
+            return _as_float(images), tf.gather(labels, i)
 
         index = _index_dataset(self.num_examples, shuffle_seed, epoch, shard)
-        return (index.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-                .map(lambda x, y: (_as_float(x), y), num_parallel_calls=tf.data.AUTOTUNE))
+        return index.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
     def numpy(self):
         if self.in_memory:
