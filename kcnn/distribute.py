@@ -26,7 +26,7 @@ it.
 
 Keras 3.15's ``fit`` under MirroredStrategy fails with ``steps_per_execution`` > 1 ("You must feed a value for
 placeholder tensor ..." in ``multi_step_on_iterator``, measured with 2 logical CPUs); run it with 1
-(`fit_recipe` does).
+(`kcnn.transfer.fit_schedule` does under a strategy with several replicas).
 
 A ``TF_CONFIG`` for two workers on one machine (each process gets its own ``task.index``)::
 
@@ -50,8 +50,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kcnn import _compat, runs, transfer
 from kcnn import layers as kl
-from kcnn import transfer
 
 KINDS = ("none", "mirrored", "multiworker")
 
@@ -154,11 +154,9 @@ def tf_config_is_chief(config: dict | None = None) -> bool:
 
 def _context_initialized() -> bool:
     try:
-        from tensorflow.python.eager import context
-
-        return context.context()._context_handle is not None  # noqa: SLF001 - no public query exists
-    except Exception:  # pragma: no cover - internals moved
-        return False
+        return _compat.tf_context_initialized()
+    except _compat.CompatError:  # pragma: no cover - internals moved: assume it has started
+        return True
 
 
 def make_strategy(kind: str = "none", devices=None, *, cpu_devices: int | None = None):
@@ -395,64 +393,56 @@ def sync_from_chief(strategy, variables, value: int = 0) -> int:
     return int(round(float(sync())))
 
 
-def _phase_lr(rate, epoch, first, steps) -> float:
-    if isinstance(rate, transfer.PhaseLearningRate):
-        return rate.value((epoch - first) * steps)
-    return float(rate)
-
-
 def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None, backbone=None, schedule=None,
                     epochs: int | None = None, optimizer: str = "adam", lr: float = 1e-3, callbacks=(),
                     initial_epoch: int = 0, sync_batch_norm: bool = True,
                     bn_momentum: float | None = kl.BN_MOMENTUM, on_phase_end: Callable | None = None,
+                    on_epoch_end: Callable | None = None, resume_state: dict | None = None,
                     verbose: int = 1) -> transfer.ScheduleHistory:
     """Train with a strategy-aware custom loop (works under MultiWorkerMirroredStrategy, where ``fit`` fails).
 
-    Each step runs ``strategy.run`` with a GradientTape: the loss is the mean sparse categorical
-    cross-entropy over the *global* batch (``tf.nn.compute_average_loss`` with the all-reduced example count;
-    sample weights as Keras applies them), the optimizer sums the replicas' gradients; loss and accuracy sums
-    are reduced with ``strategy.reduce("SUM", ...)``. Each element of ``train_ds`` is one global batch, which
-    the strategy splits between replicas (and workers: every worker must build the same dataset in the same
-    order).
+    It runs the same phase plan as `kcnn.transfer.fit_schedule` (`kcnn.transfer.make_plan`,
+    `kcnn.transfer.phase_runner`: trainability per phase, the backbone in inference mode unless ``bn="train"``,
+    BN momentum, a new optimizer per phase with warm-up / cosine rates and ``lr_mult``) and calls the same
+    hooks; it has no feature cache (the backbone runs in every phase). Each step runs ``strategy.run`` with a
+    GradientTape: the loss is the mean sparse categorical cross-entropy over the *global* batch
+    (``tf.nn.compute_average_loss`` with the all-reduced example count; sample weights as Keras applies them),
+    the optimizer sums the replicas' gradients; loss and accuracy sums are reduced with
+    ``strategy.reduce("SUM", ...)``. Each element of the training data is one global batch, which the
+    strategy splits between replicas (and workers: every worker must build the same data in the same order;
+    a `kcnn.data.Splits` gives epochs keyed by (seed, epoch)).
 
-    Two modes:
-
-    * ``schedule`` + ``backbone`` (a `kcnn.transfer.classifier` model): the phases of a kcnn `Schedule` with
-      continuous epoch numbers, as `kcnn.transfer.fit_schedule` runs them: trainability per phase
-      (`kcnn.transfer.set_trainable`), the backbone in inference mode unless ``bn="train"``, BN momentum, a
-      new optimizer per phase (`kcnn.transfer.make_optimizer`, with warm-up / cosine rates and ``lr_mult``).
-      No feature cache: the backbone runs in every phase.
-    * otherwise any Keras model ending in softmax: ``epochs`` at ``lr`` with ``optimizer`` ("adam", "sgd",
-      "adamw", "rmsprop"), or a ``schedule`` whose phases all train "all"; the model runs with
-      ``training=True``.
+    Without ``schedule`` and ``backbone``: any Keras model ending in softmax, ``epochs`` at ``lr`` with
+    ``optimizer`` ("adam", "sgd", "adamw", "rmsprop"); the model runs with ``training=True``.
 
     Callbacks get ``set_model(model)``, ``on_train_begin``, ``on_epoch_begin(epoch)``, ``on_epoch_end(epoch,
     logs)`` (0-based epoch; logs: loss, accuracy, val_loss, val_accuracy) and ``on_train_end``; setting
-    ``model.stop_training`` ends the current phase. They run on every worker: write files through `write_dir`
-    (kcnn's recipes give non-chief workers a temporary run folder).
+    ``model.stop_training`` ends the current phase. They run on every worker: write files through `write_dir`.
 
-    Resume: the chief restores its checkpoint and passes ``initial_epoch``; at the start the chief's weights
-    and ``initial_epoch`` are copied to all workers (`sync_from_chief`), so the others need no checkpoint.
-    Optimizer state starts fresh, as in fit_schedule.
+    Resume: the chief restores its checkpoint and passes ``initial_epoch`` (and ``resume_state`` for the
+    optimizer of a phase resumed in its middle); at the start the chief's weights and ``initial_epoch`` are
+    copied to all workers (`sync_from_chief`), so the others need no checkpoint.
 
     Args:
         model: The model (built under ``strategy.scope()``).
-        train_ds: Batched, finite ``tf.data.Dataset`` of (images, integer labels[, sample weights]); the batch
-            size is the global batch size.
-        val_ds: Validation data in the same form, or None.
+        train_ds: A `kcnn.data.Splits`, or a batched, finite ``tf.data.Dataset`` of (images, integer
+            labels[, sample weights]); the batch size is the global batch size.
+        val_ds: Validation data in the same form, or None (a `Splits` brings its own).
         strategy: The strategy; default the one whose scope is active.
         backbone: The `kcnn.transfer.Backbone` of a classifier model (schedule mode).
         schedule: A `kcnn.transfer.Schedule`, list of phases, preset name or file.
         epochs: Epochs without a schedule.
         optimizer: Optimizer name without a schedule.
         lr: Learning rate without a schedule.
-        callbacks: Keras-style callbacks, e.g. kcnn's run-folder checkpointing.
+        callbacks: Keras-style callbacks.
         initial_epoch: Global epochs already finished (resume).
         sync_batch_norm: Global-batch BN statistics while training with more than one replica
             (`synchronized_batch_norm`).
-        bn_momentum: Momentum of trained BN layers during ``bn="train"`` phases (schedule mode), as in
-            fit_schedule.
+        bn_momentum: Momentum of trained BN layers during ``bn="train"`` phases, as in fit_schedule.
         on_phase_end: ``on_phase_end(phase_number, phase, history)`` after each phase.
+        on_epoch_end: ``on_epoch_end(row, model, optimizer, phase_number)`` after each epoch, as in
+            fit_schedule.
+        resume_state: The checkpoint arrays of epoch ``initial_epoch`` (optimizer state), as in fit_schedule.
         verbose: 0 silent; otherwise the chief prints one line per phase and per epoch.
 
     Returns:
@@ -464,8 +454,7 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
         >>> with strategy.scope():
         ...     bb = transfer.backbone("resnet20", input_shape=(32, 32, 3))
         ...     model = transfer.classifier(bb, 10)
-        ...     history = fit_distributed(model, splits.train, splits.val, strategy=strategy, backbone=bb,
-        ...                               schedule="two-phase")
+        ...     history = fit_distributed(model, splits, strategy=strategy, backbone=bb, schedule="two-phase")
     """
     strategy = strategy or tf.distribute.get_strategy()
     if schedule is None:
@@ -473,82 +462,75 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
             raise ValueError("fit_distributed needs `epochs` (or a `schedule`). Received: epochs=None")
         schedule = transfer.Schedule([transfer.Phase(epochs=epochs, train="all", lr=lr, optimizer=optimizer,
                                                      bn="train", name="train")])
-    schedule = transfer.load_schedule(schedule)
-    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
-        raise ValueError("`initial_epoch` must be an integer >= 0. Received: "
-                         f"initial_epoch={initial_epoch!r}")
-    if backbone is None:
-        odd = [p.name for p in schedule if p.train != "all"]
-        if odd:
-            raise ValueError(f"Phases that train part of a model need `backbone` (a kcnn.transfer "
-                             f"classifier); phase {odd[0]!r} does not train 'all'.")
-        blocks, plans = [], [[] for _ in schedule]
-    else:
-        blocks = [b for b, _ in transfer.block_layers(model, backbone)]
-        plans = []
-        for number, phase in enumerate(schedule, start=1):
-            try:
-                plans.append(transfer.resolve_train(phase.train, blocks))
-            except ValueError as err:
-                raise ValueError(f"phase {number} ({phase.name!r}): {err}") from None
-    train_ds, val_ds = transfer.as_dataset(train_ds), transfer.as_dataset(val_ds)
-    steps = transfer.steps_per_epoch(train_ds)
+    initial_epoch = transfer.check_initial_epoch(initial_epoch)
+    plans = transfer.make_plan(model, backbone, schedule)
+    data = transfer.EpochData(train_ds, val_ds)
+    steps = data.steps
+    total = plans[-1].end
     chief_prints = bool(verbose) and is_chief(strategy)
 
     with strategy.scope():
-        dist_train = strategy.experimental_distribute_dataset(train_ds)
-        dist_val = strategy.experimental_distribute_dataset(val_ds) if val_ds is not None else None
+        dist_val = strategy.experimental_distribute_dataset(data.val) if data.val is not None else None
         initial_epoch = sync_from_chief(strategy, model.variables, initial_epoch)
         history = transfer.ScheduleHistory()
         callbacks = list(callbacks)
         for callback in callbacks:
             callback.set_model(model)
-            callback.set_params({"epochs": schedule.total_epochs, "steps": steps, "verbose": verbose})
+            callback.set_params({"epochs": total, "steps": steps, "verbose": verbose})
         for callback in callbacks:
             callback.on_train_begin({})
         sync = sync_batch_norm and strategy.num_replicas_in_sync > 1
-        bn_context = synchronized_batch_norm(model) if sync else contextlib.nullcontext()
-        with bn_context:
-            for number, (phase, (start, end), trained) in enumerate(
-                    zip(schedule, schedule.boundaries(), plans), start=1):
-                record = dict(phase=number, name=phase.name, train=phase.train_spec, blocks=list(trained),
-                              first_epoch=start + 1, last_epoch=end, epochs_run=0,
-                              skipped=end <= initial_epoch, cached=False, trainable_params=0, seconds=0.0,
-                              cache_seconds=0.0)
+        with synchronized_batch_norm(model) if sync else contextlib.nullcontext():
+            for plan in plans:
+                phase, number = plan.phase, plan.number
+                record = transfer.phase_record(plan, skipped=plan.end <= initial_epoch)
                 history.phases.append(record)
-                if end <= initial_epoch:
+                if plan.end <= initial_epoch:
                     continue
-                first = max(start, initial_epoch)
+                first = plan.first_epoch(initial_epoch)
                 started = time.perf_counter()
-                runner, restore, multipliers = _phase_runner(model, backbone, phase, trained, bn_momentum)
+                multipliers = transfer.prepare_phase(model, backbone, plan)
+                runner, restore = transfer.phase_runner(model, backbone, plan, bn_momentum)
                 try:
                     variables = runner.trainable_variables
                     record["trainable_params"] = int(sum(np.prod(v.shape) for v in variables))
-                    rate = transfer.phase_rate(phase, steps, offset=(first - start) * steps)
+                    restoring = first > plan.start and transfer.checkpoint_phase(resume_state) == number
+                    offset = 0 if restoring else (first - plan.start) * steps
+                    rate = transfer.phase_rate(phase, steps, offset=offset)
                     opt = transfer.make_optimizer(phase, rate, multipliers)
                     opt.build(variables)
-                    train_step = _make_train_step(strategy, runner, opt, variables, dist_train.element_spec)
-                    eval_step = (_make_eval_step(strategy, runner, dist_val.element_spec)
-                                 if dist_val is not None else None)
+                    if restoring:
+                        transfer.restore_optimizer_state(opt, resume_state)
+                    train_step = eval_step = None
                     if chief_prints:
-                        print(transfer.phase_header(number, len(schedule), phase, start, end, first,
+                        print(transfer.phase_header(number, len(plans), phase, plan.start, plan.end, first,
                                                     multipliers, False), flush=True)
                     model.stop_training = False
-                    for epoch in range(first, end):
+                    origin = plan.start if restoring else first
+                    for epoch in range(first, plan.end):
                         epoch_started = time.perf_counter()
                         for callback in callbacks:
                             callback.on_epoch_begin(epoch, {})
+                        dist_train = strategy.experimental_distribute_dataset(data.epoch(epoch))
+                        if train_step is None:
+                            train_step = _make_train_step(strategy, runner, opt, variables,
+                                                          dist_train.element_spec)
+                            eval_step = (_make_eval_step(strategy, runner, dist_val.element_spec)
+                                         if dist_val is not None else None)
                         logs = _run_epoch(train_step, dist_train)
                         if eval_step is not None:
                             logs.update({f"val_{k}": v for k, v in _run_epoch(eval_step, dist_val).items()})
                         row = {"epoch": epoch + 1, "phase": number, "phase_name": phase.name,
-                               "lr": _phase_lr(rate, epoch, first, steps), **logs}
+                               "lr": _phase_lr(rate, epoch, origin, steps), **logs}
                         history.epochs.append(row)
                         record["epochs_run"] += 1
                         if chief_prints:
                             metrics = ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
-                            print(f"epoch {epoch + 1}/{schedule.total_epochs}: {metrics} "
+                            print(f"epoch {epoch + 1}/{total}: {metrics} "
                                   f"({time.perf_counter() - epoch_started:.1f}s)", flush=True)
+                        transfer.check_finite(row)
+                        if on_epoch_end is not None:
+                            on_epoch_end(row, model, opt, number)
                         for callback in callbacks:
                             callback.on_epoch_end(epoch, dict(logs))
                         if getattr(model, "stop_training", False):
@@ -559,7 +541,7 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                 record["seconds"] = time.perf_counter() - started
                 if chief_prints:
                     ran = history.epochs[len(history.epochs) - record["epochs_run"]:]
-                    print(transfer.phase_summary(number, len(schedule), phase, record, ran), flush=True)
+                    print(transfer.phase_summary(number, len(plans), phase, record, ran), flush=True)
                 if on_phase_end is not None:
                     on_phase_end(number, phase, history)
         for callback in callbacks:
@@ -567,18 +549,10 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
     return history
 
 
-def _phase_runner(model, backbone, phase, trained, bn_momentum):
-    """(model to call, {BN layer: momentum to restore}, lr multipliers) for one phase."""
-    if backbone is None:
-        return model, {}, None
-    transfer.set_trainable(model, backbone, list(trained) or "head")
-    pre, body, head = transfer.split_model(model)
-    runner = transfer.TrainView(pre, body, head, body_training=phase.bn == "train")
-    multipliers = None
-    if phase.lr_mult is not None and trained:
-        multipliers = transfer.lr_multipliers(model, backbone, trained, phase.lr_mult)
-    restore = transfer.set_bn_momentum(body, bn_momentum) if phase.bn == "train" else {}
-    return runner, restore, multipliers
+def _phase_lr(rate, epoch, origin, steps) -> float:
+    if isinstance(rate, transfer.PhaseLearningRate):
+        return rate.value((epoch - origin) * steps)
+    return float(rate)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -586,65 +560,16 @@ def _phase_runner(model, backbone, phase, trained, bn_momentum):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def fit_run(run, model, bb, schedule, splits, *, strategy, verbose=1, callbacks=()):
-    """`kcnn.training.fit_run` through `fit_distributed`: per-epoch run-folder checkpoints, resume, phases.
-
-    The chief restores the run folder's last checkpoint; `fit_distributed` copies its weights and epoch to the
-    other workers. Returns the history rows (list of dicts) like ``training.fit_run``.
-    """
-    from kcnn import training
-
-    initial = run.restore(model)
-    if initial and verbose and is_chief(strategy):
-        print(f"resuming {run.path} after epoch {initial} of {schedule.total_epochs}", flush=True)
-    recorder = training._PhaseRecorder(run)
-    tagger = training._PhaseTagger(run, schedule)
-    fit_distributed(model, splits.train, splits.val, strategy=strategy, backbone=bb, schedule=schedule,
-                    callbacks=[tagger, *callbacks], initial_epoch=initial, on_phase_end=recorder,
-                    verbose=verbose)
-    return recorder.history()
-
-
-def open_run_dir(kind: str, path, *, overwrite: bool = False, resume: bool = False,
-                 config: dict | None = None):
-    """A recipe's run folder: ``path`` on the chief; a fresh temporary folder on the other workers of a
-    multiworker run (they go through the same saving code, TensorFlow's advice; `finish_worker` deletes it).
-
-    Reads TF_CONFIG, not the strategy, so call it before `make_strategy` (a refused folder then stops the
-    chief before any collective starts).
-
-    Returns:
-        The opened `kcnn.training.RunDir`.
-    """
-    from kcnn import training
-
+def run_dir_for(kind: str, path, *, recipe: str, overwrite: bool = False, resume: bool = False,
+                config: dict | None = None) -> runs.RunDir:
+    """A recipe's run folder, not yet opened: ``path`` on the chief; a fresh temporary folder on the other
+    workers of a multiworker run (they go through the same saving code, TensorFlow's advice; `finish_worker`
+    deletes it). Reads TF_CONFIG, not the strategy, so it can be checked before `make_strategy`."""
     config = dict(config or {})
     if kind != "multiworker" or tf_config_is_chief(tf_config()):
-        return training.RunDir(path, overwrite=overwrite, resume=resume, config=config).open()
+        return runs.RunDir(path, overwrite=overwrite, resume=resume, config=config, recipe=recipe)
     tmp = tempfile.mkdtemp(prefix=f"kcnn-worker{tf_config()['task']['index']}-")
-    return training.RunDir(tmp, overwrite=True, config=config).open()
-
-
-def fit_recipe(strategy, run, model, bb, schedule, splits, *, augmented: bool, verbose=1):
-    """What a recipe calls instead of `kcnn.training.fit_run`, under ``strategy.scope()``, for any strategy.
-
-    MultiWorkerMirroredStrategy: `fit_run` (the custom loop). MirroredStrategy: ``training.fit_run`` (Keras'
-    fit) with synchronized BN and ``steps_per_execution=1`` (Keras 3.15's fit fails under MirroredStrategy
-    with more: "You must feed a value for placeholder tensor ..." in ``multi_step_on_iterator``). Otherwise
-    ``training.fit_run`` unchanged.
-
-    Returns:
-        The history rows, as ``training.fit_run``.
-    """
-    from kcnn import training
-
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return fit_run(run, model, bb, schedule, splits, strategy=strategy, verbose=verbose)
-    if isinstance(strategy, tf.distribute.MirroredStrategy):
-        with synchronized_batch_norm(model, strategy.num_replicas_in_sync > 1):
-            return training.fit_run(run, model, bb, schedule, splits, augmented=augmented, verbose=verbose,
-                                    steps_per_execution=1)
-    return training.fit_run(run, model, bb, schedule, splits, augmented=augmented, verbose=verbose)
+    return runs.RunDir(tmp, config=config, recipe=recipe)
 
 
 def finish_worker(run, strategy) -> bool:
@@ -662,7 +587,5 @@ def finish_worker(run, strategy) -> bool:
 __all__ = [
     "KINDS", "DistributeError", "make_strategy", "distributed", "configure_cpu_devices", "tf_config",
     "tf_config_is_chief", "is_chief", "worker_index", "write_dir", "remove_write_dir",
-    "synchronized_batch_norm",
-    "sync_from_chief", "fit_distributed", "fit_run",
-    "open_run_dir", "fit_recipe", "finish_worker",
+    "synchronized_batch_norm", "sync_from_chief", "fit_distributed", "run_dir_for", "finish_worker",
 ]

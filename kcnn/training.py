@@ -1,258 +1,42 @@
-"""Run folders, per-epoch checkpoints and resume, evaluation reports.
+"""Training jobs: seeding, the run-folder fit (checkpoints, exact resume), evaluation, reports, the demo's cache.
 
-A run folder holds everything one training job produced::
-
-    model.keras      the trained model (takes raw RGB images of any size where the model was built that way)
-    labels.json      class names, in output order
-    config.toml      the settings, enough to rerun the job
-    history.csv      one row per epoch: epoch, phase, lr, losses, metrics
-    report.json      test accuracy, per-class precision/recall, phases with epochs and wall time, versions, seed
-    curves.png       loss and accuracy with phase boundaries
-    confusion.png    the test confusion matrix
-    logs/            TensorBoard logs
-    state.json       (while running) the last finished epoch and its checkpoint, for --resume
+The run folder itself (marker, state, checkpoints, atomic writes) is `kcnn.runs`; the fit engines are
+`kcnn.transfer.fit_schedule` (Keras fit: one device or MirroredStrategy) and `kcnn.distribute.fit_distributed`
+(a custom loop under MultiWorkerMirroredStrategy). `fit_run` joins them: both run the same phase plan and call
+the same per-epoch hook, which writes one history row and one checkpoint.
 """
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
-import math
 import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+import uuid
 from pathlib import Path
 
 import keras
 import numpy as np
 
 import kcnn
-from kcnn import plots
-
-FINAL_FILES = ("model.keras", "report.json")
-
-
-class RunError(ValueError):
-    """A run folder that cannot be used as asked (finished run without --overwrite, resume mismatch, ...)."""
+from kcnn import perf, plots
+from kcnn.runs import (FINAL_FILES, RunDir, RunError, atomic_write_text, default_out, dumps_toml,  # noqa: F401
+                       jsonable, write_history_csv)
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and TensorFlow; optionally make TensorFlow ops deterministic.
 
-    Determinism makes two runs on the same machine give the same numbers; it costs some speed because
-    TensorFlow must pick deterministic kernels (measured in the README).
+    Determinism makes two runs on the same machine give the same numbers (and a resumed run end where an
+    uninterrupted one ends); it costs some speed because TensorFlow must pick deterministic kernels.
     """
     keras.utils.set_random_seed(int(seed))
     if deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-
-
-def default_out(recipe: str) -> Path:
-    return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-# --- TOML (the standard library reads TOML but does not write it) -------------------------------------------------
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            return json.dumps(str(value))
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Path):
-        value = str(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def dumps_toml(config: dict) -> str:
-    """Write a dict of scalars, lists and one level of sub-tables (or lists of tables) as TOML."""
-    lines, tables = [], []
-    for key, value in config.items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            tables.append((key, value, False))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            tables.append((key, value, True))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for key, value, is_array in tables:
-        for table in (value if is_array else [value]):
-            lines.append("")
-            lines.append(f"[[{key}]]" if is_array else f"[{key}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
-    return "\n".join(lines) + "\n"
-
-
-# --- the run folder -------------------------------------------------------------------------------------------------
-
-@dataclass
-class RunDir:
-    """A run folder, opened for a new run or for resuming an unfinished one.
-
-    Args:
-        path: The folder.
-        overwrite: Replace a folder that holds a finished (or unfinished) run.
-        resume: Continue the unfinished run in the folder from its last finished epoch.
-        config: The run's settings; on resume, they must match what the folder was started with (except the
-            keys in ``RESUME_FREE``).
-    """
-
-    path: Path
-    overwrite: bool = False
-    resume: bool = False
-    config: dict = field(default_factory=dict)
-    state: dict = field(default_factory=dict)
-
-    RESUME_FREE = ("resume", "overwrite", "out", "verbose")
-
-    def __post_init__(self):
-        self.path = Path(self.path)
-
-    @property
-    def finished(self) -> bool:
-        return all((self.path / f).exists() for f in FINAL_FILES)
-
-    def open(self) -> "RunDir":
-        """Check the folder and prepare it; raises RunError without touching anything on a refusal."""
-        p = self.path
-        exists = p.exists() and any(p.iterdir()) if p.is_dir() else p.exists()
-        if p.exists() and not p.is_dir():
-            raise RunError(f"--out {p} is a file, not a folder; choose another --out")
-        if exists and self.resume and not self.overwrite:
-            if self.finished:
-                raise RunError(f"{p} holds a finished run; nothing to resume (use --overwrite to run it again)")
-            state_file = p / "state.json"
-            if not state_file.exists():
-                raise RunError(f"{p} holds no resumable run (no state.json); use another --out or --overwrite")
-            self.state = json.loads(state_file.read_text())
-            old = {k: v for k, v in self.state.get("config", {}).items() if k not in self.RESUME_FREE}
-            new = {k: v for k, v in _jsonable(self.config).items() if k not in self.RESUME_FREE}
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if changed:
-                diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-                raise RunError(f"--resume {p}: settings differ from the interrupted run ({diffs}); "
-                               "resume with the same settings, or use --overwrite")
-            return self
-        if exists and not self.overwrite:
-            what = "a finished run" if self.finished else "an unfinished run (use --resume to continue it)"
-            raise RunError(f"{p} already holds {what}; pass --overwrite to replace it, or choose another --out")
-        if exists and self.overwrite:
-            shutil.rmtree(p)
-        p.mkdir(parents=True, exist_ok=True)
-        self.state = {"config": _jsonable(self.config), "epochs_done": 0, "history": [], "checkpoint": None,
-                      "phases": []}
-        self._save_state()
-        (p / "config.toml").write_text(dumps_toml(self.config))
-        return self
-
-    # state -------------------------------------------------------------------------------------------------------
-    @property
-    def epochs_done(self) -> int:
-        return int(self.state.get("epochs_done", 0))
-
-    @property
-    def history(self) -> list[dict]:
-        return list(self.state.get("history", []))
-
-    def _save_state(self):
-        _atomic_write(self.path / "state.json", json.dumps(self.state, indent=1))
-
-    def checkpoint(self, model, row: dict) -> None:
-        """Record one finished epoch: weights first (new file), then the state that points to them."""
-        epoch = int(row["epoch"])
-        name = f"checkpoint-{epoch:04d}.weights.h5"
-        model.save_weights(self.path / name)
-        old = self.state.get("checkpoint")
-        self.state["history"] = [r for r in self.state.get("history", []) if int(r["epoch"]) < epoch] + [row]
-        self.state["epochs_done"] = epoch
-        self.state["checkpoint"] = name
-        self._save_state()
-        write_history_csv(self.path / "history.csv", self.state["history"])
-        if old and old != name and (self.path / old).exists():
-            (self.path / old).unlink()
-
-    def restore(self, model) -> int:
-        """Load the last checkpoint's weights into ``model``; returns the number of finished epochs."""
-        name = self.state.get("checkpoint")
-        if name:
-            model.load_weights(self.path / name)
-        return self.epochs_done
-
-    def record_phase(self, info: dict) -> None:
-        phases = [p for p in self.state.get("phases", []) if p.get("index") != info.get("index")]
-        self.state["phases"] = sorted(phases + [info], key=lambda p: p.get("index", 0))
-        self._save_state()
-
-    def save_extra(self, key: str, value) -> None:
-        self.state[key] = _jsonable(value)
-        self._save_state()
-
-    def complete(self) -> None:
-        """Remove the resume state once the final files are written."""
-        for f in self.path.glob("checkpoint-*.weights.h5"):
-            f.unlink()
-        (self.path / "state.json").unlink(missing_ok=True)
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=str))
-
-
-def write_history_csv(path, history: list[dict]) -> None:
-    keys = ["epoch", "phase", "lr"]
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row.get(k, "") for k in keys})
-    os.replace(tmp, path)
-
-
-class EpochRecorder(keras.callbacks.Callback):
-    """Checkpoint the run after every epoch: weights, history row (with phase and learning rate), state.
-
-    Set ``phase`` (a name) before each fit; the recipes' schedule runner does that.
-    """
-
-    def __init__(self, run: RunDir, phase: str = ""):
-        super().__init__()
-        self.run = run
-        self.phase = phase
-
-    def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, "phase": self.phase, "lr": current_lr(self.model)}
-        row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
-        self.run.checkpoint(self.model, row)
-
-
-def current_lr(model) -> float | None:
-    opt = getattr(model, "optimizer", None)
-    if opt is None:
-        return None
-    try:
-        return float(keras.ops.convert_to_numpy(opt.learning_rate))
-    except Exception:  # a schedule object: evaluate it at the current step
-        try:
-            return float(keras.ops.convert_to_numpy(opt.learning_rate(opt.iterations)))
-        except Exception:
-            return None
 
 
 # --- evaluation and the report --------------------------------------------------------------------------------------
@@ -294,8 +78,11 @@ def versions() -> dict:
 
 
 def finish_run(run: RunDir, model, *, test_ds, class_names, history, seed, extra: dict | None = None,
-               title: str = "") -> dict:
-    """Evaluate on test and write model.keras, labels.json, history.csv, report.json and the plots."""
+               title: str = "", before_report=None) -> dict:
+    """Evaluate on test and write model.keras, labels.json, history.csv, the plots, then report.json.
+
+    report.json is written last and atomically: a folder with it is a finished run. ``before_report(run)``
+    writes what must exist before that (e.g. a pretraining checkpoint's metadata)."""
     metrics = evaluate(model, test_ds, class_names)
     report = {
         **{k: metrics[k] for k in ("test_accuracy", "test_loss", "test_examples", "per_class")},
@@ -307,13 +94,15 @@ def finish_run(run: RunDir, model, *, test_ds, class_names, history, seed, extra
         **(extra or {}),
         "confusion_matrix": metrics["confusion_matrix"],
     }
-    (run.path / "labels.json").write_text(json.dumps(list(map(str, class_names)), indent=1))
+    atomic_write_text(run.path / "labels.json", json.dumps(list(map(str, class_names)), indent=1))
     write_history_csv(run.path / "history.csv", history)
     plots.learning_curves(history, run.path / "curves.png", title=title)
     plots.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run.path / "confusion.png")
-    # saved uncompiled: the last phase's optimizer state is of no use to someone who loads the model
-    keras.Model(model.inputs, model.outputs, name=model.name).save(run.path / "model.keras")
-    _atomic_write(run.path / "report.json", json.dumps(_jsonable(report), indent=1))
+    # uncompiled (the last phase's optimizer is of no use to someone who loads it), loadable without kcnn
+    perf.save_portable(keras.Model(model.inputs, model.outputs, name=model.name), run.path / "model.keras")
+    if before_report is not None:
+        before_report(run)
+    atomic_write_text(run.path / "report.json", json.dumps(jsonable(report), indent=1))
     run.complete()
     return report
 
@@ -327,73 +116,72 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kcnn"
 
 
-class _PhaseTagger(keras.callbacks.Callback):
-    """Write each finished epoch to the run folder, tagged with the phase it belongs to."""
+def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmented: bool, verbose=1,
+            steps_per_execution: int | None = None, callbacks=()) -> list[dict]:
+    """Fit ``schedule`` inside ``run``: a checkpoint and a history row per epoch, exact resume, phase records.
 
-    def __init__(self, run: RunDir, schedule):
-        super().__init__()
-        self.run = run
-        self.bounds = [(start, end, phase.name) for (start, end), phase in zip(schedule.boundaries(), schedule)]
+    The engine follows the strategy: MultiWorkerMirroredStrategy runs `kcnn.distribute.fit_distributed` (Keras'
+    fit fails there); MirroredStrategy runs `kcnn.transfer.fit_schedule` with synchronized batch norm; no
+    strategy runs `kcnn.transfer.fit_schedule`. Both get the same hooks. A resumed run restores every model
+    and optimizer variable of its last checkpoint and continues the data order at the next epoch, so with the
+    same seed it ends with the weights of an uninterrupted run.
 
-    def on_epoch_end(self, epoch, logs=None):
-        number = epoch + 1
-        phase = next((name for start, end, name in self.bounds if start < number <= end), "")
-        row = {"epoch": number, "phase": phase, "lr": None}
-        row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
-        self.run.checkpoint(self.model, row)
+    Returns:
+        The run's history rows (list of dicts: epoch, phase, lr, metrics).
+    """
+    import tensorflow as tf
 
+    from kcnn import distribute, transfer
 
-class _PhaseRecorder:
-    """``on_phase_end`` for a schedule fit inside a run folder: records each finished phase (epochs, wall
-    time summed over resumed parts, cached features) and each epoch's learning rate for the history."""
-
-    def __init__(self, run: RunDir):
-        self.run = run
-        self.lrs = {}
-
-    def __call__(self, number, phase, history):
-        record = next(p for p in history.phases if p["phase"] == number)
-        previous = next((p for p in self.run.state.get("phases", []) if p.get("index") == number), {})
-        self.run.record_phase({"index": number, "name": phase.name, "train": record["train"],
-                               "blocks": record["blocks"], "epochs": [record["first_epoch"], record["last_epoch"]],
-                               "lr": phase.lr, "cached_features": record["cached"],
-                               "seconds": round(previous.get("seconds", 0.0) + record["seconds"], 3)})
-        for row in history.epochs:
-            self.lrs[row["epoch"]] = row.get("lr")
-
-    def history(self) -> list:
-        """The run's history rows, with the learning rates of the epochs recorded here filled in."""
-        history = self.run.history
-        for row in history:
-            if row.get("lr") is None and row["epoch"] in self.lrs:
-                row["lr"] = self.lrs[row["epoch"]]
-        self.run.state["history"] = history
-        return history
-
-
-def fit_run(run: RunDir, model, bb, schedule, splits, *, augmented: bool, verbose=1,
-            steps_per_execution: int | None = None, extra_callbacks=()):
-    """Run ``schedule`` on ``model`` inside ``run``: per-epoch checkpoints, resume from the last finished epoch,
-    phase records and one history across phases. Returns the history rows (list of dicts).
-
-    ``steps_per_execution`` None: `kcnn.perf.DEFAULT_STEPS_PER_EXECUTION` (fit_schedule's default)."""
-    from kcnn import perf, transfer
-
-    if steps_per_execution is None:
-        steps_per_execution = perf.DEFAULT_STEPS_PER_EXECUTION
-
-    initial = run.restore(model)
-    if initial and verbose:
+    strategy = strategy or tf.distribute.get_strategy()
+    resume = run.load_checkpoint()
+    initial = run.epochs_done
+    if resume is not None:
+        transfer.restore_model_state(model, resume)
+    if initial and verbose and distribute.is_chief(strategy):
         print(f"resuming {run.path} after epoch {initial} of {schedule.total_epochs}", flush=True)
-    recorder = _PhaseRecorder(run)
 
-    callbacks = [_PhaseTagger(run, schedule), keras.callbacks.TensorBoard(str(run.path / "logs"), write_graph=False),
-                 *extra_callbacks]
-    if initial < schedule.total_epochs:
-        transfer.fit_schedule(model, bb, schedule, splits.train, splits.val, callbacks=callbacks,
-                              initial_epoch=initial, verbose=verbose, augmented=augmented,
-                              steps_per_execution=steps_per_execution, on_phase_end=recorder)
-    return recorder.history()
+    def on_epoch_end(row, model_, optimizer, phase_number):
+        record = {"epoch": row["epoch"], "phase": row["phase_name"], "lr": row.get("lr"),
+                  **{k: v for k, v in row.items() if k not in ("epoch", "phase", "phase_name", "lr")}}
+        run.checkpoint(record, transfer.training_state(model_, optimizer, phase=phase_number,
+                                                       epoch=row["epoch"]))
+
+    def on_phase_end(number, phase, history):
+        record = next(p for p in history.phases if p["phase"] == number)
+        run.record_phase({"index": number, "name": phase.name, "train": record["train"],
+                          "blocks": record["blocks"], "epochs": [record["first_epoch"], record["last_epoch"]],
+                          "lr": phase.lr, "cached_features": record["cached"],
+                          "seconds": round(run.phase_seconds(number) + record["seconds"], 3)})
+
+    if distribute.is_chief(strategy):
+        callbacks = [keras.callbacks.TensorBoard(str(run.path / "logs"), write_graph=False), *callbacks]
+    if initial >= schedule.total_epochs:
+        return run.history
+    try:
+        _fit_engine(model, bb, schedule, splits, strategy=strategy, augmented=augmented,
+                    steps_per_execution=steps_per_execution, callbacks=list(callbacks), initial_epoch=initial,
+                    verbose=verbose, on_phase_end=on_phase_end, on_epoch_end=on_epoch_end, resume_state=resume)
+    except transfer.Diverged as err:
+        run.save_extra("diverged", {"epoch": err.epoch, "phase": err.phase, "loss": str(err.loss)})
+        raise
+    return run.history
+
+
+def _fit_engine(model, bb, schedule, splits, *, strategy, augmented, steps_per_execution, **common):
+    """The engine for ``strategy`` (see `fit_run`); ``common``: the arguments both engines take."""
+    import tensorflow as tf
+
+    from kcnn import distribute, transfer
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        distribute.fit_distributed(model, splits, strategy=strategy, backbone=bb, schedule=schedule, **common)
+        return
+    if steps_per_execution is not None:
+        common["steps_per_execution"] = steps_per_execution
+    synced = strategy.num_replicas_in_sync > 1
+    with distribute.synchronized_batch_norm(model) if synced else contextlib.nullcontext():
+        transfer.fit_schedule(model, bb, schedule, splits, augmented=augmented, **common)
 
 
 def pretrain_schedule(epochs: int, lr: float):
@@ -407,23 +195,33 @@ def pretrain_schedule(epochs: int, lr: float):
 
 
 #: Bumped when pretraining or the synthetic source changes, so that stale cached checkpoints are not reused
-#: (2: BN statistics learned during pretraining, and the glyphs' pen-drawn forms).
-_PRETRAIN_VERSION = 2
+#: (2: BN statistics learned during pretraining, and the glyphs' pen-drawn forms; 3: the key holds the learning
+#: rate and batch size, and the data order is keyed by epoch).
+PRETRAIN_VERSION = 3
 
 
-def pretrained_checkpoint(arch: str, *, source: str = "shapes", examples: int = 8000, epochs: int = 6,
+def size_option(source: str, examples: int) -> dict:
+    """How ``examples`` limits a source in `kcnn.data.load`: generated count for glyphs, a limit otherwise."""
+    return {"num_examples": examples} if source.split(":")[0] in ("glyphs", "shapes") else {"limit": examples}
+
+
+def pretrained_checkpoint(arch: str, *, source: str = "glyphs", examples: int = 8000, epochs: int = 6,
                           image_size: int = 32, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                           verbose=1, cache_dir=None) -> Path:
     """A checkpoint of ``arch`` pretrained on ``source``, from the cache or trained now (then cached).
 
     The default is the offline transfer demo's source: kcnn's synthetic glyphs, made the way scikit-learn's
-    digits were made (FINDINGS.md). The cache key holds every setting, so a changed setting trains anew.
+    digits were made (a glyph drawn in a 32x32 bitmap, 4x4 blocks counted into an 8x8 image of 0..16), which is
+    why they transfer to the digits. The cache key holds every setting that changes the weights, so a changed
+    setting trains anew. Safe under concurrency (a tuning chief and its workers asking at once): each process
+    trains into its own temporary folder and renames it into place; a process that finds the checkpoint already
+    there keeps that one and deletes only its own temporary folder.
     """
     from kcnn import data as kdata
     from kcnn import transfer
 
-    key = (f"{arch}-{source.replace(':', '_').replace('/', '_')}-n{examples}-e{epochs}-px{image_size}-s{seed}"
-           f"-v{_PRETRAIN_VERSION}")
+    key = (f"{arch}-{source.replace(':', '_').replace('/', '_')}-n{examples}-e{epochs}-px{image_size}"
+           f"-b{batch_size}-lr{lr:g}-s{seed}-v{PRETRAIN_VERSION}")
     directory = Path(cache_dir or cache_root() / "pretrained") / key
     if (directory / transfer.CHECKPOINT_META).is_file() and (directory / transfer.CHECKPOINT_MODEL).is_file():
         if verbose:
@@ -434,23 +232,22 @@ def pretrained_checkpoint(arch: str, *, source: str = "shapes", examples: int = 
               f"(cached at {directory} for next time)", flush=True)
     started = time.perf_counter()
     splits = kdata.load(source, image_size=image_size, batch_size=batch_size, seed=seed,
-                        val_fraction=0.05, test_fraction=0.05, **_size_option(source, examples))
+                        val_fraction=0.05, test_fraction=0.05, **size_option(source, examples))
     bb = transfer.backbone(arch, None, (image_size, image_size, 3))
     model = transfer.classifier(bb, len(splits.class_names))
-    transfer.fit_schedule(model, bb, pretrain_schedule(epochs, lr), splits.train, splits.val, verbose=verbose,
+    transfer.fit_schedule(model, bb, pretrain_schedule(epochs, lr), splits, verbose=verbose,
                           augmented=False, feature_cache=False)
-    tmp = directory.with_name(directory.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    transfer.save_checkpoint(tmp, model, arch=arch, input_shape=bb.input_shape, class_names=splits.class_names,
-                             preprocessing=bb.preprocessing)
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f"{directory.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        transfer.save_checkpoint(tmp, model, arch=arch, input_shape=bb.input_shape,
+                                 class_names=splits.class_names, preprocessing=bb.preprocessing)
+        os.rename(tmp, directory)  # atomic; fails if another process put its checkpoint there first
+    except OSError:
+        if not (directory / transfer.CHECKPOINT_META).is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only this process's own temporary folder
     if verbose:
         print(f"pretraining took {time.perf_counter() - started:.0f} s", flush=True)
     return directory
-
-
-def _size_option(source: str, examples: int) -> dict:
-    return {"num_examples": examples} if source.split(":")[0] == "shapes" else {"limit": examples}

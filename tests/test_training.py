@@ -1,4 +1,4 @@
-"""Run folders (refusals, resume state), the TOML writer, reports and plots, the recipes' argument layer."""
+"""Reports and plots, the pretrained-checkpoint cache, the recipes' argument layer, no side effects at import."""
 import json
 import tomllib
 
@@ -13,50 +13,6 @@ from recipes import _cli
 from recipes.finetune import FinetuneConfig
 
 
-def test_toml_round_trip():
-    config = {"data": "digits", "epochs": 3, "lr": 1e-3, "augment": None, "flag": True, "sizes": [1, 2],
-              "path": "a \"quoted\" \\ path", "phase": [{"epochs": 2, "train": "head"}, {"epochs": 1, "train": "all"}]}
-    parsed = tomllib.loads(training.dumps_toml(config))
-    assert parsed == {k: v for k, v in config.items() if v is not None}
-
-
-def test_run_dir_refuses_finished_run_without_overwrite(tmp_path):
-    out = tmp_path / "run"
-    run = training.RunDir(out, config={"a": 1}).open()
-    assert json.loads((out / "state.json").read_text())["epochs_done"] == 0
-    (out / "model.keras").write_text("x")
-    (out / "report.json").write_text("{}")
-    before = sorted(p.name for p in out.iterdir())
-    with pytest.raises(training.RunError, match="finished run.*--overwrite"):
-        training.RunDir(out, config={"a": 1}).open()
-    with pytest.raises(training.RunError, match="nothing to resume"):
-        training.RunDir(out, resume=True, config={"a": 1}).open()
-    assert sorted(p.name for p in out.iterdir()) == before  # nothing touched
-    training.RunDir(out, overwrite=True, config={"a": 2}).open()
-    assert not (out / "report.json").exists()
-    assert run.path == out
-
-
-def test_run_dir_checkpoint_and_resume(tmp_path):
-    model = kcnn.build("resnet20", input_shape=(8, 8, 3), classes=3)
-    run = training.RunDir(tmp_path / "r", config={"lr": 0.1}).open()
-    run.checkpoint(model, {"epoch": 1, "phase": "head", "lr": 0.1, "loss": 2.0})
-    model.get_layer("predictions").set_weights([w * 0 for w in model.get_layer("predictions").get_weights()])
-    run.checkpoint(model, {"epoch": 2, "phase": "head", "lr": 0.1, "loss": 1.5})
-    assert sorted(p.name for p in (tmp_path / "r").glob("checkpoint-*")) == ["checkpoint-0002.weights.h5"]
-    with pytest.raises(training.RunError, match="unfinished run"):
-        training.RunDir(tmp_path / "r", config={"lr": 0.1}).open()
-    with pytest.raises(training.RunError, match="settings differ.*lr: 0.1 -> 0.2"):
-        training.RunDir(tmp_path / "r", resume=True, config={"lr": 0.2}).open()
-    resumed = training.RunDir(tmp_path / "r", resume=True, config={"lr": 0.1, "resume": True}).open()
-    fresh = kcnn.build("resnet20", input_shape=(8, 8, 3), classes=3)
-    assert resumed.restore(fresh) == 2
-    assert [r["epoch"] for r in resumed.history] == [1, 2]
-    assert float(np.abs(fresh.get_layer("predictions").get_weights()[0]).sum()) == 0.0
-    rows = (tmp_path / "r" / "history.csv").read_text().splitlines()
-    assert rows[0] == "epoch,phase,lr,loss" and len(rows) == 3
-
-
 def test_evaluate_and_finish_run(tmp_path):
     keras.utils.set_random_seed(0)
     model = kcnn.build("allcnn_a", input_shape=(12, 12, 3), classes=3)
@@ -68,14 +24,14 @@ def test_evaluate_and_finish_run(tmp_path):
     assert metrics["test_accuracy"] == pytest.approx(float(np.mean(pred == y)))
     assert np.array(metrics["confusion_matrix"]).sum() == 12
     assert sum(v["support"] for v in metrics["per_class"].values()) == 12
-    run = training.RunDir(tmp_path / "run", config={}).open()
+    run = training.RunDir(tmp_path / "run", config={}, recipe="train").open()
     history = [{"epoch": 1, "phase": "head", "loss": 1.0, "accuracy": 0.5},
                {"epoch": 2, "phase": "all", "loss": 0.8, "accuracy": 0.6}]
     report = training.finish_run(run, model, test_ds=ds, class_names=["a", "b", "c"], history=history, seed=3,
                                  extra={"scratch_test_accuracy": 0.1})
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"model.keras", "labels.json", "config.toml", "history.csv", "report.json", "curves.png",
-            "confusion.png"} <= names
+            "confusion.png", "kcnn-run.json"} <= names
     assert "state.json" not in names
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["test_accuracy"] == report["test_accuracy"] == metrics["test_accuracy"]
@@ -85,9 +41,10 @@ def test_evaluate_and_finish_run(tmp_path):
 
 def test_cli_precedence_and_errors(tmp_path, capsys):
     config = tmp_path / "c.toml"
-    config.write_text('data = "shapes"\nbatch-size = 8\nseed = 4\n')
+    config.write_text('data = "glyphs"\nbatch-size = 8\nseed = 4\ndropout = 0\n')
     cfg = _cli.parse(FinetuneConfig, ["--config", str(config), "--seed", "5"], "p", "d")
-    assert (cfg.data, cfg.batch_size, cfg.seed, cfg.image_size) == ("shapes", 8, 5, 32)
+    assert (cfg.data, cfg.batch_size, cfg.seed, cfg.image_size) == ("glyphs", 8, 5, 32)
+    assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
     config.write_text("bogus = 1\n")
     with pytest.raises(_cli.UsageError, match="unknown option 'bogus'"):
         _cli.parse(FinetuneConfig, ["--config", str(config)], "p", "d")
@@ -107,7 +64,7 @@ def test_pretrained_checkpoint_learns_bn_statistics_and_is_cached(tmp_path):
     statistics at 0 and 1 and hand fine-tuning an unnormalized backbone (the demo's checkpoints were like that)."""
     path = training.pretrained_checkpoint("vgg_cifar", examples=100, epochs=1, image_size=16, batch_size=32,
                                           verbose=0, cache_dir=tmp_path)
-    assert path.name == "vgg_cifar-shapes-n100-e1-px16-s0-v2"
+    assert path.name == "vgg_cifar-glyphs-n100-e1-px16-b32-lr0.002-s0-v3"
     model = keras.saving.load_model(path / "model.keras", compile=False)
     means = [np.asarray(w) for w in model.weights if w.path.endswith("moving_mean")]
     variances = [np.asarray(w) for w in model.weights if w.path.endswith("moving_variance")]
@@ -118,3 +75,86 @@ def test_pretrained_checkpoint_learns_bn_statistics_and_is_cached(tmp_path):
     assert training.pretrained_checkpoint("vgg_cifar", examples=100, epochs=1, image_size=16, batch_size=32,
                                           verbose=0, cache_dir=tmp_path) == path
     assert (path / "model.keras").stat().st_mtime_ns == stamp   # reused, not trained again
+
+
+@pytest.mark.parametrize("text, message", [
+    ('epochs = "5"', r'epochs must be an integer; got "5" \(a string\)'),
+    ("epochs = 2.5", "epochs must be an integer; got 2.5"),
+    ('head = "bogus"', "head must be one of gap, dense, conv; got 'bogus'"),
+    ('overwrite = "false"', r'overwrite must be true or false; got "false" \(a string\)'),
+    ("lr_scale = 1", "unknown option 'lr_scale'"),
+    ("seed = true", "seed must be an integer; got True"),
+    ('dropout = "0.1"', "dropout must be a number"),
+])
+def test_config_files_are_typed_like_the_flags(tmp_path, text, message):
+    config = tmp_path / "c.toml"
+    config.write_text(text + "\n")
+    with pytest.raises(_cli.UsageError, match=message) as info:
+        _cli.parse(FinetuneConfig, ["--config", str(config)], "p", "d")
+    assert str(config) in str(info.value)
+
+
+def test_a_preset_outside_the_choices_is_one_line(tmp_path, capsys):
+    from recipes import train
+
+    config = tmp_path / "c.toml"
+    config.write_text('preset = "x"\n')
+    assert train.main(["--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "preset must be one of default, he2015; got 'x'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrained_checkpoint_cache_never_deletes_another_process_checkpoint(tmp_path, monkeypatch):
+    """A tuning chief and its workers may ask for the same checkpoint at once: the one that finishes second
+    keeps the first one's checkpoint and removes only its own temporary folder."""
+    import os as _os
+
+    kwargs = dict(examples=40, epochs=1, image_size=16, batch_size=32, verbose=0, cache_dir=tmp_path)
+    real_rename = _os.rename
+    calls = []
+
+    def rename_after_another_process(src, dst):
+        calls.append(dst)
+        # another process finished first: its checkpoint is already in place
+        training.pretrained_checkpoint("vgg_cifar", **kwargs) if len(calls) == 1 else None
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(training.os, "rename", rename_after_another_process)
+    path = training.pretrained_checkpoint("vgg_cifar", **kwargs)
+    assert len(calls) == 2 and (path / "kcnn.json").is_file() and (path / "model.keras").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary folders left
+
+
+def _fresh_python(code: str, env_extra=None) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env.update(env_extra or {})
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_importing_kcnn_changes_nothing_in_the_callers_process():
+    # TensorFlow itself draws from Python's random module when it is imported: import it first
+    code = ("import matplotlib, os, random, numpy as np, tensorflow, keras, keras_tuner; matplotlib.use('svg'); "
+            "random.seed(7); "
+            "a = random.random(); np.random.seed(7); b = np.random.rand(); random.seed(7); np.random.seed(7); "
+            "import kcnn, kcnn.training, kcnn.plots, kcnn.transfer, kcnn.data, kcnn.tuning, kcnn.distribute; "
+            "print(matplotlib.get_backend(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'), random.random() == a, "
+            "np.random.rand() == b)")
+    assert _fresh_python(code) == "svg None True True"
+
+
+def test_the_recipes_turn_onednn_on_and_leave_a_users_choice_alone():
+    code = ("from recipes import _cli; _cli.use_onednn(); import os; from kcnn import perf; "
+            "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), perf.onednn_enabled())")
+    import platform
+
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert _fresh_python(code) == "1 True"
+    assert _fresh_python(code, {"TF_ENABLE_ONEDNN_OPTS": "0"}) == "0 False"

@@ -46,7 +46,9 @@ The package, one concern per module (at import time each uses only modules liste
 * ``datasets``: `as_dataset`, `steps_per_epoch`.
 * ``feature_cache``: backbone features computed once for head-only phases.
 * ``history``: `ScheduleHistory` and the lines printed before and after each phase.
-* ``fit``: `fit_schedule` and the view of the classifier it trains (`TrainView`).
+* ``plan``: the phase plan both engines run (`make_plan`, `phase_runner`, `TrainView`).
+* ``state``: a training state as arrays (model and optimizer variables, phase, epoch) for exact resume.
+* ``fit``: `fit_schedule`, the Keras-fit engine.
 """
 from __future__ import annotations
 
@@ -91,10 +93,14 @@ from kcnn.transfer.optim import (
     LayerwiseAdam, LayerwiseAdamW, LayerwiseRMSprop, LayerwiseSGD, PhaseLearningRate, make_optimizer,
     phase_rate,
 )
-from kcnn.transfer.datasets import as_dataset, steps_per_epoch
+from kcnn.transfer.datasets import EpochData, as_dataset, steps_per_epoch
 from kcnn.transfer.feature_cache import FEATURE_CACHE_LIMIT_BYTES
-from kcnn.transfer.history import ScheduleHistory, phase_header, phase_summary
-from kcnn.transfer.fit import LOSS, METRICS, TrainView, fit_schedule, set_bn_momentum
+from kcnn.transfer.history import ScheduleHistory, phase_header, phase_record, phase_summary
+from kcnn.transfer.plan import (Diverged, PhasePlan, TrainView, check_finite, check_initial_epoch, make_plan,
+                                phase_runner, prepare_phase, set_bn_momentum)
+from kcnn.transfer.state import (checkpoint_phase, restore_model_state, restore_optimizer_state,
+                                 training_state)
+from kcnn.transfer.fit import LOSS, METRICS, fit_schedule
 
 __all__ = [
     "Backbone", "backbone", "classifier", "preprocess_layer", "preprocessing_mode", "PREPROCESSING",
@@ -102,7 +108,9 @@ __all__ = [
     "load_schedule", "fit_schedule", "ScheduleHistory", "make_optimizer", "PhaseLearningRate",
     "LayerwiseAdam", "LayerwiseAdamW", "LayerwiseSGD", "LayerwiseRMSprop", "save_checkpoint",
     "load_checkpoint", "WeightsError", "CHECKPOINT_FORMAT",
-    # the pieces kcnn.distribute runs a schedule with under a tf.distribute strategy
-    "as_dataset", "steps_per_epoch", "phase_rate", "phase_header", "phase_summary", "split_model",
-    "TrainView", "set_bn_momentum",
+    # the phase plan and the training state both engines share (kcnn.distribute runs the custom loop)
+    "as_dataset", "steps_per_epoch", "EpochData", "phase_rate", "phase_header", "phase_summary",
+    "phase_record", "split_model", "TrainView", "set_bn_momentum", "PhasePlan", "make_plan", "phase_runner",
+    "prepare_phase", "check_initial_epoch", "training_state", "restore_model_state", "restore_optimizer_state",
+    "checkpoint_phase", "Diverged", "check_finite",
 ]

@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from kcnn import perf
 from kcnn.transfer.names import _check_shape, _min_size, _resolve, _short
 from kcnn.transfer.preprocessing import _check_mode
 from kcnn.weights import WeightsError
@@ -58,15 +59,15 @@ def save_checkpoint(path, model: keras.Model, *, arch: str, input_shape, class_n
         )
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    partial = directory / "model.partial.keras"
-    model.save(partial)
-    os.replace(partial, directory / CHECKPOINT_MODEL)
+    perf.save_portable(model, directory / CHECKPOINT_MODEL)  # atomic, and loadable without kcnn
     meta = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": canonical, "source": source,
         "input_shape": list(shape), "classes": len(names), "class_names": names, "preprocessing": mode,
         "keras_version": keras.__version__,
     }
-    (directory / CHECKPOINT_META).write_text(json.dumps(meta, indent=2) + "\n")
+    tmp = directory / f".{CHECKPOINT_META}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, directory / CHECKPOINT_META)  # the metadata last: a checkpoint with it is complete
     return directory
 
 
@@ -120,7 +121,7 @@ def load_checkpoint(path) -> tuple[keras.Model, dict]:
     model_path = directory / CHECKPOINT_MODEL
     if not model_path.is_file():
         raise FileNotFoundError(f"Checkpoint {directory} has no {CHECKPOINT_MODEL}.")
-    model = keras.saving.load_model(model_path, compile=False)
+    model = perf.load_model(model_path)
     return model, meta
 
 

@@ -32,3 +32,49 @@ def _iterate_xy(batch):
     if isinstance(batch, dict) or not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
         raise ValueError("fit_schedule's datasets must yield (images, labels) or (images, labels, weights).")
     return batch[0], tuple(batch[1:])
+
+
+class EpochData:
+    """The training data of a fit, one epoch at a time: what both engines iterate.
+
+    From a `kcnn.data.Splits` (anything with ``dataset(split, training=, epoch=)`` and ``steps_per_epoch()``),
+    epoch ``e`` is ``splits.dataset("train", training=True, epoch=e)``: its order and augmentation depend
+    only on (seed, e), so a resumed run sees what an uninterrupted one saw; the validation data are
+    ``splits.val`` unless given. From a plain dataset (or ``(x, y)`` arrays), every epoch iterates that dataset
+    (its own shuffling decides the order; exact resume is then not promised).
+
+    Attributes:
+        steps: Batches per epoch.
+        val: The validation dataset, or None.
+        keyed: Whether epochs are keyed by (seed, epoch).
+        seed: The splits' seed (keyed data), else None.
+    """
+
+    def __init__(self, train, val=None, *, shard=None):
+        self.keyed = all(hasattr(train, a) for a in ("dataset", "steps_per_epoch", "val", "seed"))
+        self.shard = shard
+        if self.keyed:
+            self.splits = train
+            self.seed = int(train.seed)
+            self.steps = int(train.steps_per_epoch("train", shard=shard) if shard else train.steps_per_epoch())
+            self.val = as_dataset(val) if val is not None else train.val
+            self._plain = None
+        else:
+            self.splits, self.seed = None, None
+            self._plain = as_dataset(train)
+            self.steps = steps_per_epoch(self._plain)
+            self.val = as_dataset(val)
+
+    def epoch(self, number: int):
+        """The training batches of epoch ``number`` (0-based)."""
+        if not self.keyed:
+            return self._plain
+        if self.shard:
+            return self.splits.dataset("train", training=True, epoch=int(number), shard=self.shard)
+        return self.splits.dataset("train", training=True, epoch=int(number))
+
+    def fixed(self):
+        """The training data in a fixed order without augmentation (keyed data), else the plain dataset."""
+        if not self.keyed:
+            return self._plain
+        return self.splits.dataset("train", training=False)

@@ -66,6 +66,32 @@ class _FeatureCache:
             self.val = (feats, extras, batch_size, False)
         return time.perf_counter() - started
 
+    def fill_fixed(self, fixed_ds, val_ds, verbose) -> float:
+        """Compute features of data known to be unaugmented, from ``fixed_ds`` (a fixed order); the epochs
+        then shuffle them by (seed, epoch) (`epoch_dataset`). Returns the seconds spent."""
+        if self.train is not None or self.refused:
+            return 0.0
+        started = time.perf_counter()
+        size = self._estimate_bytes(fixed_ds) + (self._estimate_bytes(val_ds) if val_ds is not None else 0)
+        if size > FEATURE_CACHE_LIMIT_BYTES:
+            if verbose:
+                print(f"feature cache: about {size / 1024**3:.1f} GiB of features exceeds "
+                      f"FEATURE_CACHE_LIMIT_BYTES; running the backbone every epoch", flush=True)
+            self.refused = True
+            return time.perf_counter() - started
+        feats, extras, batch_size, _ = _extract(self.pre, self.body, self.pool, fixed_ds, False)
+        self.train = (feats, extras, batch_size, True)
+        if val_ds is not None:
+            feats, extras, batch_size, _ = _extract(self.pre, self.body, self.pool, val_ds, False)
+            self.val = (feats, extras, batch_size, False)
+        return time.perf_counter() - started
+
+    def epoch_dataset(self, seed: int, epoch: int):
+        """The cached training features of one epoch, in an order that is a pure function of (seed, epoch)."""
+        feats, extras, batch_size, _ = self.train
+        order = np.random.default_rng([int(seed), int(epoch), 0xFEA7]).permutation(len(feats))
+        return tf.data.Dataset.from_tensor_slices((feats[order], *(e[order] for e in extras))).batch(batch_size)
+
     def _estimate_bytes(self, ds) -> int:
         shape = self.body.outputs[0].shape[1:]
         per_example = shape[-1] if self.pool is not None else int(np.prod(shape))

@@ -1,4 +1,4 @@
-"""`fit_schedule`: runs the phases of a schedule on a `classifier` as consecutive ``fit`` calls."""
+"""`fit_schedule`: runs the phase plan of a schedule on a `classifier` with Keras' ``fit``, one call per epoch."""
 from __future__ import annotations
 
 import time
@@ -12,64 +12,62 @@ from keras import layers
 from kcnn import layers as kl
 from kcnn import perf
 from kcnn.transfer.backbones import Backbone
-from kcnn.transfer.blocks import block_layers, lr_multipliers, set_trainable, split_model
-from kcnn.transfer.datasets import as_dataset, steps_per_epoch
+from kcnn.transfer.blocks import split_model
+from kcnn.transfer.datasets import EpochData
 from kcnn.transfer.feature_cache import _FeatureCache
-from kcnn.transfer.history import ScheduleHistory, _Recorder, phase_header, phase_summary
+from kcnn.transfer.history import ScheduleHistory, _Recorder, phase_header, phase_summary, phase_record
 from kcnn.transfer.optim import make_optimizer, phase_rate
-from kcnn.transfer.schedule import load_schedule, resolve_train
+from kcnn.transfer.plan import (TrainView, check_finite, check_initial_epoch, make_plan, phase_runner, prepare_phase,  # noqa: F401
+                                set_bn_momentum, sublayers)
+from kcnn.transfer.state import checkpoint_phase, restore_optimizer_state
 
 
 LOSS = "sparse_categorical_crossentropy"
 METRICS = ("accuracy",)
 
 
-class TrainView(keras.Model):
-    """The classifier's layers called in order, with the backbone's ``training`` flag fixed at run time."""
-
-    def __init__(self, pre, body, head, body_training: bool):
-        super().__init__(name="phase_view")
-        self.pre_layers = list(pre)
-        self.body = body
-        self.head_layers = list(head)
-        self.body_training = body_training
-
-    def call(self, inputs, training=None):
-        x = inputs
-        for layer in self.pre_layers:
-            x = layer(x)
-        x = self.body(x, training=training if self.body_training else False)
-        for layer in self.head_layers:
-            x = layer(x)
-        return x
-
-
 class _Pinned(keras.callbacks.Callback):
-    """Forwards every hook to a user callback whose ``model`` stays the classifier while a view trains."""
+    """Forwards every hook to a user callback whose ``model`` stays the classifier while a view trains.
 
-    def __init__(self, inner, target):
+    `fit_schedule` calls ``fit`` once per epoch; the user callback sees one training run per phase:
+    ``set_model``, ``set_params`` and ``on_train_begin`` at the phase's start (`begin_phase`), ``on_train_end``
+    at its end (`end_phase`), the epoch and batch hooks in between."""
+
+    def __init__(self, inner, target, total_epochs: int):
         super().__init__()
         self.inner = inner
         self.target = target
+        self.total_epochs = total_epochs
         self.runner = None
+        self.started = False
 
     def set_model(self, model):
         self.runner = model
-        self.inner.set_model(self.target)
 
     def set_params(self, params):
-        self.inner.set_params(params)
+        if not self.started:
+            self.inner.set_params({**params, "epochs": self.total_epochs})
 
     def _sync(self):
         if getattr(self.target, "stop_training", False) and self.runner is not None:
             self.runner.stop_training = True
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs=None):  # fit runs once per epoch: the phase begins and ends once (below)
         self.target.stop_training = False
-        self.inner.on_train_begin(logs)
 
     def on_train_end(self, logs=None):
-        self.inner.on_train_end(logs)
+        pass
+
+    def begin_phase(self, steps: int):
+        self.target.stop_training = False
+        self.inner.set_model(self.target)
+        self.inner.set_params({"epochs": self.total_epochs, "steps": steps, "verbose": 0})
+        self.started = True
+        self.inner.on_train_begin({})
+
+    def end_phase(self):
+        self.inner.on_train_end({})
+        self.started = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self.inner.on_epoch_begin(epoch, logs)
@@ -101,46 +99,57 @@ class _Pinned(keras.callbacks.Callback):
 def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val_ds=None, *, callbacks=(),
                  initial_epoch: int = 0, steps_per_execution: int = perf.DEFAULT_STEPS_PER_EXECUTION,
                  verbose=1, feature_cache: bool = True, augmented: bool | None = None,
-                 bn_momentum: float | None = kl.BN_MOMENTUM,
-                 on_phase_end: Callable | None = None) -> ScheduleHistory:
+                 bn_momentum: float | None = kl.BN_MOMENTUM, on_phase_end: Callable | None = None,
+                 on_epoch_end: Callable | None = None, resume_state: dict | None = None) -> ScheduleHistory:
     """Fine-tune a `classifier` through the phases of a schedule.
 
-    Each phase is one ``fit`` with its own optimizer (loss: sparse categorical cross-entropy, metric:
-    accuracy) after setting trainability: the head always trains, the phase's blocks train, every other layer
-    is frozen. Epoch numbers run on across phases (phase k starts where phase k-1 was planned to end). Before
-    each phase a line such as ``phase 2/3 'unfreeze': train=top:2, lr=1e-4, epochs 4-6`` is printed, after it
-    a summary line.
+    Each phase gets its own optimizer (loss: sparse categorical cross-entropy, metric: accuracy) after setting
+    trainability: the head always trains, the phase's blocks train, every other layer is frozen (the plan:
+    `kcnn.transfer.plan.make_plan`). Epoch numbers run on across phases. Before each phase a line such as
+    ``phase 2/3 'unfreeze': train=top:2, lr=1e-4, epochs 4-6`` is printed, after it a summary line; with
+    ``verbose=1`` one progress bar per phase counts its epochs (or Keras' bar counts the steps of long
+    epochs), with ``verbose=2`` one line per epoch.
+
+    Data: a `kcnn.data.Splits` gives epochs whose order and augmentation are a pure function of (seed, epoch),
+    so a run resumed with ``initial_epoch`` and ``resume_state`` sees the batches an uninterrupted run saw and,
+    with op determinism on (`kcnn.training.set_seed`), ends with the same weights bit for bit. A plain
+    ``tf.data.Dataset`` (or ``(x, y)`` arrays, batched by 32) is iterated once per epoch as it is.
 
     Feature caching: a head-only phase (with ``bn="frozen"``, or a backbone without dropout) trains the head
     on backbone features computed once (resize + preprocess + backbone over the data) through a small model
-    that shares the head layers, so the classifier's head gets the trained weights. The data are read twice to
-    check that they are the same images each pass (no random augmentation; if only their order changes, the
-    cached features are reshuffled each epoch). Features stay valid until a phase trains backbone blocks.
-    Random ``tf.data`` ops repeat exactly on every pass once a global seed is set
-    (``keras.utils.set_random_seed``), so such data count as unaugmented: every epoch sees the same images.
+    that shares the head layers, so the classifier's head gets the trained weights. From a `Splits` the
+    features are computed in a fixed order and shuffled per epoch by (seed, epoch); from a plain dataset it is
+    read twice to check that it gives the same images each pass (no random augmentation). Features stay valid
+    until a phase trains backbone blocks.
 
     Args:
         model: A `classifier` model (or one loaded from its ``.keras`` file).
         backbone: The `Backbone` it was built from (block structure).
         schedule: A `Schedule`, a list of `Phase`, a preset name or a schedule file (see `load_schedule`).
-        train_ds: Batched ``tf.data.Dataset`` of (raw images in [0, 255], integer labels[, sample weights]),
-            or an ``(x, y)`` tuple of arrays (batched by 32). Must be finite.
-        val_ds: Validation data in the same form, or None.
+        train_ds: A `kcnn.data.Splits`, or a batched ``tf.data.Dataset`` of (raw images in [0, 255], integer
+            labels[, sample weights]), or an ``(x, y)`` tuple of arrays. Must be finite.
+        val_ds: Validation data in the same form, or None (a `Splits` brings its own).
         callbacks: Keras callbacks. They see the full classifier as ``self.model`` in every phase (also when a
-            feature-cache model is training); ``stop_training`` (EarlyStopping) ends the current phase only.
+            feature-cache model is training); ``on_train_begin``/``on_train_end`` run once per phase;
+            ``stop_training`` (EarlyStopping) ends the current phase only.
         initial_epoch: Number of global epochs already finished (resume): phases that ended by then are
-            skipped; the phase containing it continues from there, its learning-rate schedule included. Load
-            the weights saved at that epoch first. Optimizer state starts fresh.
+            skipped; the phase containing it continues from there. Load the model's state first
+            (`kcnn.transfer.restore_model_state`).
         steps_per_execution: Passed to ``compile``; default `kcnn.perf.DEFAULT_STEPS_PER_EXECUTION` (16).
             1 under a strategy with several replicas (Keras' fit fails there with more).
-        verbose: Keras verbosity; 0 also silences the phase lines.
+        verbose: 0 silent, 1 a progress bar per phase, 2 a line per epoch.
         feature_cache: Allow the feature cache for head-only phases.
         augmented: True: the training data are randomly augmented (never cache); False: they are not (cache
-            even if the two passes differ); None: detect.
+            even if two passes differ); None: detect.
         bn_momentum: Momentum for the BN layers that train during ``bn="train"`` phases (restored after the
             phase); None keeps each layer's own (keras.applications: 0.99, too slow for few steps).
-        on_phase_end: Called after every phase as ``on_phase_end(phase_number, phase, history)`` (1-based
-            number), e.g. to save weights or plots.
+        on_phase_end: ``on_phase_end(phase_number, phase, history)`` after every phase (1-based number).
+        on_epoch_end: ``on_epoch_end(row, model, optimizer, phase_number)`` after every epoch: ``row`` is the
+            history row; ``optimizer`` the phase's (built); e.g. to write a checkpoint with `training_state`.
+            An epoch whose loss is NaN or infinite raises `kcnn.transfer.Diverged` instead (before this hook).
+        resume_state: The arrays of the checkpoint written after epoch ``initial_epoch``: when it falls inside
+            a phase, that phase's optimizer (slots, iteration count, so the learning-rate schedule's position)
+            is restored from it. Without it a resumed phase starts a fresh optimizer at the scheduled rate.
 
     Returns:
         A `ScheduleHistory`. The model is left compiled (loss, accuracy, a stock optimizer of the last phase)
@@ -149,79 +158,90 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     Example:
         >>> bb = backbone("resnet20")
         >>> model = classifier(bb, 10)
-        >>> history = fit_schedule(model, bb, "two-phase", train_ds, val_ds)
+        >>> history = fit_schedule(model, bb, "two-phase", splits)
         >>> history.epochs[-1]["val_accuracy"]
     """
-    schedule = load_schedule(schedule)
-    train_ds, val_ds = as_dataset(train_ds), as_dataset(val_ds)
-    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
-        raise ValueError("`initial_epoch` must be an integer >= 0. Received: "
-                         f"initial_epoch={initial_epoch!r}")
+    initial_epoch = check_initial_epoch(initial_epoch)
+    plans = make_plan(model, backbone, schedule)
+    data = EpochData(train_ds, val_ds)
     if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
         # Keras 3.15's fit fails under MirroredStrategy with more ("You must feed a value for placeholder
         # tensor" in multi_step_on_iterator)
         steps_per_execution = 1
     pre, body, head = split_model(model)
-    all_blocks = block_layers(model, backbone)
-    plans = []
-    for number, phase in enumerate(schedule, start=1):
-        try:
-            plans.append(resolve_train(phase.train, [b for b, _ in all_blocks]))
-        except ValueError as err:
-            raise ValueError(f"phase {number} ({phase.name!r}): {err}") from None
-    steps = steps_per_epoch(train_ds)
     history = ScheduleHistory()
     cache = _FeatureCache(pre, body, head)
-    stochastic_body = any(isinstance(layer, _STOCHASTIC) for layer in _all_sublayers(body))
-    last_phase = schedule[-1]
-    for number, (phase, (start, end), trained) in enumerate(
-            zip(schedule, schedule.boundaries(), plans), start=1):
-        record = dict(phase=number, name=phase.name, train=phase.train_spec, blocks=trained,
-                      first_epoch=start + 1, last_epoch=end, epochs_run=0, skipped=end <= initial_epoch,
-                      cached=False, trainable_params=0, seconds=0.0, cache_seconds=0.0)
+    stochastic_body = any(isinstance(layer, _STOCHASTIC) for layer in sublayers(body))
+    pinned = [_Pinned(c, model, plans[-1].end) for c in callbacks]
+    count = len(plans)
+    last_phase = plans[-1].phase
+    for plan in plans:
+        phase, number, start, end = plan.phase, plan.number, plan.start, plan.end
+        record = phase_record(plan, skipped=end <= initial_epoch)
         history.phases.append(record)
         if end <= initial_epoch:
             continue
-        first = max(start, initial_epoch)
-        set_trainable(model, backbone, list(trained) or "head")
+        first = plan.first_epoch(initial_epoch)
+        multipliers = prepare_phase(model, backbone, plan)
         record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-        multipliers = None
-        if phase.lr_mult is not None and trained:
-            multipliers = lr_multipliers(model, backbone, trained, phase.lr_mult)
-        rate = phase_rate(phase, steps, offset=(first - start) * steps)
-        use_cache = (feature_cache and not trained and augmented is not True
+        restoring = first > start and checkpoint_phase(resume_state) == number
+        # a restored optimizer carries the schedule's position in its iteration count
+        rate = phase_rate(phase, data.steps, offset=0 if restoring else (first - start) * data.steps)
+        use_cache = (feature_cache and plan.head_only and augmented is not True
                      and (phase.bn == "frozen" or not stochastic_body))
         if use_cache:
-            record["cache_seconds"] = cache.fill(train_ds, val_ds, augmented, verbose)
+            if data.keyed:
+                record["cache_seconds"] = cache.fill_fixed(data.fixed(), data.val, verbose)
+            else:
+                record["cache_seconds"] = cache.fill(data.epoch(first), data.val, augmented, verbose)
             use_cache = cache.ready
         record["cached"] = bool(use_cache)
         if verbose:
-            line = phase_header(number, len(schedule), phase, start, end, first, multipliers, use_cache)
-            print(line, flush=True)
+            print(phase_header(number, count, phase, start, end, first, multipliers, use_cache), flush=True)
+        restore = {}
         if use_cache:
-            runner, fit_train, fit_val = cache.runner(), cache.train_dataset(), cache.val_dataset()
+            runner, fit_val = cache.runner(), cache.val_dataset()
+            epoch_data = ((lambda e: cache.epoch_dataset(data.seed, e)) if data.keyed
+                          else (lambda e: cache.train_dataset()))
         else:
-            runner = TrainView(pre, body, head, body_training=phase.bn == "train")
-            fit_train, fit_val = train_ds, val_ds
+            runner, restore = phase_runner(model, backbone, plan, bn_momentum)
+            fit_val, epoch_data = data.val, data.epoch
         optimizer = make_optimizer(phase, rate, multipliers)
         runner.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS),
                        steps_per_execution=steps_per_execution)
         model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS))  # what callbacks see
-        recorder = _Recorder(history, number, phase, rate, first, steps)
+        if restoring:
+            optimizer.build(runner.trainable_variables)
+            restore_optimizer_state(optimizer, resume_state)
+        recorder = _Recorder(history, number, phase, rate, first if not restoring else start, data.steps)
+        progress = _Progress(verbose, data.steps, steps_per_execution, first, end, schedule_total=plans[-1].end)
         started, before = time.perf_counter(), len(history.epochs)
-        restore = set_bn_momentum(body, bn_momentum) if phase.bn == "train" else {}
+        for callback in pinned:
+            callback.begin_phase(data.steps)
         try:
-            runner.fit(fit_train, validation_data=fit_val, initial_epoch=first, epochs=end, verbose=verbose,
-                       shuffle=False, callbacks=[recorder, *(_Pinned(c, model) for c in callbacks)])
+            for epoch in range(first, end):
+                runner.fit(epoch_data(epoch), validation_data=fit_val, initial_epoch=epoch, epochs=epoch + 1,
+                           steps_per_epoch=data.steps, verbose=progress.fit_verbose, shuffle=False,
+                           callbacks=[recorder, *progress.callbacks(), *pinned])
+                row = history.epochs[-1]
+                progress.epoch_done(row)
+                check_finite(row)
+                if on_epoch_end is not None:
+                    on_epoch_end(row, model, optimizer, number)
+                if getattr(model, "stop_training", False):
+                    break
         finally:
+            progress.close()
             for layer, momentum in restore.items():
                 layer.momentum = momentum
+            for callback in pinned:
+                callback.end_phase()
         record["seconds"] = time.perf_counter() - started
         record["epochs_run"] = len(history.epochs) - before
-        if trained or phase.bn == "train":
+        if plan.blocks or phase.bn == "train":
             cache.invalidate()
         if verbose:
-            print(phase_summary(number, len(schedule), phase, record, history.epochs[before:]), flush=True)
+            print(phase_summary(number, count, phase, record, history.epochs[before:]), flush=True)
         if on_phase_end is not None:
             on_phase_end(number, phase, history)
         last_phase = phase
@@ -232,23 +252,54 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
 
 _STOCHASTIC = (layers.Dropout, layers.SpatialDropout2D, layers.GaussianNoise, layers.GaussianDropout)
 
-
-def set_bn_momentum(body, momentum) -> dict:
-    """Set the momentum of the trainable BN layers; returns {layer: old momentum} to restore."""
-    if momentum is None:
-        return {}
-    old = {}
-    for layer in _all_sublayers(body):
-        if isinstance(layer, layers.BatchNormalization) and layer.trainable:
-            old[layer] = layer.momentum
-            layer.momentum = float(momentum)
-    return old
+#: Epochs of at least this many steps show Keras' own step bar (verbose=1); shorter ones one bar per phase.
+LONG_EPOCH_STEPS = 64
 
 
-def _all_sublayers(model):
-    out = []
-    for layer in model.layers:
-        out.append(layer)
-        if isinstance(layer, keras.Model):
-            out.extend(_all_sublayers(layer))
-    return out
+class _EpochBar(keras.callbacks.ProgbarLogger):
+    """Keras' step bar, headed with the global epoch numbers (fit runs one epoch at a time)."""
+
+    def __init__(self, total: int):
+        super().__init__()
+        self.total = total
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.total})
+
+    def on_train_batch_end(self, batch, logs=None):
+        # with steps_per_execution, Keras reports the last step of an execution as if it were full ("128/113")
+        steps = self.params.get("steps") or batch + 1
+        super().on_train_batch_end(min(batch, steps - 1), logs)
+
+
+class _Progress:
+    """What the console shows while a phase runs: true counts, and short.
+
+    verbose=1: epochs shorter than `LONG_EPOCH_STEPS` steps advance one bar over the phase's epochs (the
+    demo's one-step epochs print one line per phase, not one bar per epoch); longer epochs show Keras' step
+    bar, headed ``Epoch e/N`` with the global numbers. verbose=2: one line per epoch."""
+
+    def __init__(self, verbose, steps, steps_per_execution, first, end, schedule_total):
+        self.verbose, self.first, self.end, self.total = verbose, first, end, schedule_total
+        self.long = verbose == 1 and steps >= LONG_EPOCH_STEPS
+        self.fit_verbose = 1 if self.long else 0
+        self.bar = None
+        if verbose == 1 and not self.long:
+            self.bar = keras.utils.Progbar(end - first, unit_name="epoch",
+                                           stateful_metrics=["loss", "accuracy", "val_loss", "val_accuracy"])
+
+    def callbacks(self):
+        return [_EpochBar(self.total)] if self.long else []
+
+    def epoch_done(self, row):
+        keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+        values = [(k, row[k]) for k in keys if row.get(k) is not None]
+        if self.bar is not None:
+            self.bar.update(row["epoch"] - self.first, values=values, finalize=row["epoch"] >= self.end)
+        elif self.verbose == 2:
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in values)
+            print(f"epoch {row['epoch']}/{self.total}: {metrics}", flush=True)
+
+    def close(self):
+        if self.bar is not None and self.bar._seen_so_far < self.bar.target:  # stopped early
+            print(flush=True)

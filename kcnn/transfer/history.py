@@ -89,6 +89,13 @@ def _fmt_lr(value: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
+def phase_record(plan, skipped: bool) -> dict:
+    """The `ScheduleHistory.phases` entry of a `kcnn.transfer.plan.PhasePlan`, before it runs."""
+    return dict(phase=plan.number, name=plan.phase.name, train=plan.phase.train_spec, blocks=list(plan.blocks),
+                first_epoch=plan.start + 1, last_epoch=plan.end, epochs_run=0, skipped=skipped, cached=False,
+                trainable_params=0, seconds=0.0, cache_seconds=0.0)
+
+
 def phase_header(number, count, phase, start, end, first, multipliers, cached) -> str:
     """The line printed before a phase, e.g. ``phase 2/3 'unfreeze': train=top:2, lr=1e-4, epochs 4-6``."""
     extras = [f"bn={phase.bn}"] if phase.bn != "frozen" else []

@@ -1,0 +1,358 @@
+"""The run folder: what one training job writes, how it is resumed, and what kcnn may delete.
+
+A run folder holds::
+
+    kcnn-run.json    the marker: written first when kcnn opens the folder; only a folder holding it is ever
+                     replaced by --overwrite (kcnn deletes only what kcnn made)
+    config.toml      the settings, enough to rerun the job
+    state.json       (while running) finished epochs, history rows, phase records and the checkpoint's name
+    checkpoint-NNNN.npz  (while running) the last finished epoch: every model variable (weights, batch-norm
+                     statistics, dropout seeds), the optimizer's variables (slots, iteration count: the
+                     learning-rate schedule's position) and the epoch (the data order's position)
+    model.keras, labels.json, history.csv, report.json, curves.png, confusion.png   (when finished)
+
+Writes are atomic: a checkpoint goes to a temporary name, is flushed to disk and renamed, and ``state.json`` names
+it only after it exists; the previous checkpoint is deleted last. A run killed at any moment therefore leaves the
+last good checkpoint usable.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MARKER = "kcnn-run.json"
+MARKER_FORMAT = "kcnn-run"
+FINAL_FILES = ("model.keras", "report.json")
+RECIPES = ("finetune", "train", "pretrain", "tune", "lr_find")
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-\d{4,}\.npz$")
+#: Temporary files kcnn's atomic writes leave when killed mid-write: ``.NAME.PID.tmp`` / ``.NAME.PID.raw.keras``.
+_PARTIAL_NAME = re.compile(r"^\..+\.\d+\.(tmp|raw\.keras)$")
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked (finished run without --overwrite, resume mismatch, ...)."""
+
+
+def default_out(recipe: str) -> Path:
+    """``runs/<recipe>-<YYYYmmdd-HHMMSS>``."""
+    return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# --- writing files safely -----------------------------------------------------------------------------------------
+
+def _disk_error(path, err: OSError) -> RunError:
+    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.EDQUOT: "the disk quota is exceeded"}.get(err.errno, err.strerror or str(err))
+    return RunError(f"cannot write {path}: {reason}; free space or choose a writable --out")
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder: flushed, synced, renamed.
+
+    On any error the temporary file is removed and ``path`` is left as it was; OS errors become one-line
+    `RunError`s naming the path (disk full, read-only, permission denied).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _disk_error(path, err) from None
+
+
+def atomic_write_text(path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(value):
+    """``value`` as plain JSON types (paths and other objects become strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# --- TOML (the standard library reads TOML but does not write it) -------------------------------------------------
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return json.dumps(str(value))
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def dumps_toml(config: dict) -> str:
+    """Write a dict of scalars, lists and one level of sub-tables (or lists of tables) as TOML."""
+    lines, tables = [], []
+    for key, value in config.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            tables.append((key, value, False))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.append((key, value, True))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, value, is_array in tables:
+        for table in (value if is_array else [value]):
+            lines.append("")
+            lines.append(f"[[{key}]]" if is_array else f"[{key}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
+    return "\n".join(lines) + "\n"
+
+
+def write_history_csv(path, history: list[dict]) -> None:
+    """One row per epoch: epoch, phase, lr, then every metric seen."""
+    keys = ["epoch", "phase", "lr"]
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in keys})
+    atomic_write_text(path, buffer.getvalue())
+
+
+# --- what a folder holds -------------------------------------------------------------------------------------------
+
+def read_marker(path) -> dict | None:
+    """The marker of the kcnn run in folder ``path``, or None if the folder holds none."""
+    marker = Path(path) / MARKER
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else None
+
+
+def holds_kcnn_run(path) -> bool:
+    """Whether ``path`` is a folder that kcnn made for a run (it holds kcnn's marker)."""
+    return Path(path).is_dir() and read_marker(path) is not None
+
+
+def check_out(path, *, recipe: str, overwrite: bool = False, resume: bool = False) -> str:
+    """Decide what opening ``path`` as a run folder would do, without touching it.
+
+    Returns:
+        ``"new"`` (missing or empty folder), ``"overwrite"`` (a kcnn run to replace) or ``"resume"``.
+
+    Raises:
+        RunError: one line naming the folder and the fix: a file, a non-empty folder kcnn did not make, a
+            finished run without --overwrite, an unfinished one without --resume, --overwrite with --resume.
+    """
+    p = Path(path)
+    if overwrite and resume:
+        raise RunError("--overwrite and --resume contradict each other: --resume continues the run in --out, "
+                       "--overwrite replaces it; pass one")
+    if p.exists() and not p.is_dir():
+        raise RunError(f"--out {p} is a file, not a folder; choose another --out")
+    try:
+        empty = not p.exists() or not any(p.iterdir())
+    except OSError as err:
+        raise _disk_error(p, err) from None
+    if empty:
+        if resume:
+            raise RunError(f"--resume: {p} holds no run to resume; run without --resume to start one")
+        return "new"
+    marker = read_marker(p)
+    if marker is None:
+        raise RunError(f"--out {p} is a folder kcnn did not make (no {MARKER}); kcnn never replaces it, even "
+                       "with --overwrite: choose an empty or new folder")
+    finished = all((p / f).exists() for f in FINAL_FILES)
+    if resume:
+        if finished:
+            raise RunError(f"{p} holds a finished run; nothing to resume (use --overwrite to run it again)")
+        if not (p / "state.json").is_file():
+            raise RunError(f"{p} holds no resumable run (no state.json); use another --out or --overwrite")
+        if marker.get("recipe") != recipe:
+            raise RunError(f"--resume {p}: it holds a {marker.get('recipe')} run, not a {recipe} run")
+        return "resume"
+    if not overwrite:
+        what = "a finished run" if finished else "an unfinished run (use --resume to continue it)"
+        raise RunError(f"{p} already holds {what}; pass --overwrite to replace it, or choose another --out")
+    return "overwrite"
+
+
+# --- the run folder ------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunDir:
+    """A run folder, opened for a new run or for resuming an unfinished one.
+
+    Args:
+        path: The folder.
+        overwrite: Replace a folder that holds a kcnn run (never any other folder).
+        resume: Continue the unfinished run in the folder from its last finished epoch.
+        config: The run's settings; on resume, they must match what the folder was started with (except the
+            keys in ``RESUME_FREE``).
+        recipe: Which job made the run (written in the marker; a resume must be the same job).
+    """
+
+    path: Path
+    overwrite: bool = False
+    resume: bool = False
+    config: dict = field(default_factory=dict)
+    recipe: str = "train"
+    state: dict = field(default_factory=dict)
+
+    RESUME_FREE = ("resume", "overwrite", "out", "verbose")
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+
+    @property
+    def finished(self) -> bool:
+        return all((self.path / f).exists() for f in FINAL_FILES)
+
+    def check(self) -> str:
+        """`check_out` plus, on resume, the saved state and settings; touches nothing."""
+        action = check_out(self.path, recipe=self.recipe, overwrite=self.overwrite, resume=self.resume)
+        if action == "resume":
+            self.state = self._read_state()
+            old = {k: v for k, v in self.state.get("config", {}).items() if k not in self.RESUME_FREE}
+            new = {k: v for k, v in jsonable(self.config).items() if k not in self.RESUME_FREE}
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if changed:
+                diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+                raise RunError(f"--resume {self.path}: settings differ from the interrupted run ({diffs}); "
+                               "resume with the same settings, or use --overwrite")
+        return action
+
+    def open(self) -> "RunDir":
+        """Check the folder and prepare it; raises RunError without touching anything on a refusal."""
+        action = self.check()
+        if action == "resume":
+            for leftover in self.path.iterdir():  # temporary files of a write that was interrupted
+                if _PARTIAL_NAME.match(leftover.name):
+                    with contextlib.suppress(OSError):
+                        leftover.unlink()
+            return self
+        p = self.path
+        try:
+            if action == "overwrite":
+                for child in p.iterdir():  # a kcnn run folder: its contents are kcnn's
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _disk_error(p, err) from None
+        atomic_write_text(p / MARKER, json.dumps({"format": MARKER_FORMAT, "recipe": self.recipe,
+                                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        self.state = {"config": jsonable(self.config), "epochs_done": 0, "history": [], "checkpoint": None,
+                      "phases": []}
+        atomic_write_text(p / "config.toml", dumps_toml(self.config))
+        self._save_state()
+        return self
+
+    # state -------------------------------------------------------------------------------------------------------
+    def _read_state(self) -> dict:
+        state_file = self.path / "state.json"
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError) as err:
+            raise RunError(f"{state_file} is unreadable ({type(err).__name__}); the run cannot be resumed: "
+                           "use --overwrite to start it again") from None
+        if not isinstance(state, dict) or not isinstance(state.get("history", []), list):
+            raise RunError(f"{state_file} is not a kcnn run state; use --overwrite to start the run again")
+        name = state.get("checkpoint")
+        if name is not None:
+            if not isinstance(name, str) or not _CHECKPOINT_NAME.match(name) or Path(name).name != name:
+                raise RunError(f"{state_file} names checkpoint {name!r}, which is not a checkpoint file of this "
+                               "run folder; refusing to use it (use --overwrite to start the run again)")
+            if not (self.path / name).is_file():
+                raise RunError(f"{state_file} names checkpoint {name}, which is missing; use --overwrite to "
+                               "start the run again")
+        epochs = state.get("epochs_done", 0)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise RunError(f"{state_file}: epochs_done {epochs!r} is not a count; use --overwrite")
+        return state
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.state.get("epochs_done", 0))
+
+    @property
+    def history(self) -> list[dict]:
+        return list(self.state.get("history", []))
+
+    def _save_state(self):
+        atomic_write_text(self.path / "state.json", json.dumps(self.state, indent=1))
+
+    def checkpoint(self, row: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Record one finished epoch: the checkpoint file first (atomically), then the state that names it.
+
+        Args:
+            row: The epoch's history row (``epoch`` is the global 1-based number).
+            arrays: What to save (see `kcnn.transfer.training_state`); None records the row only.
+        """
+        epoch = int(row["epoch"])
+        old = self.state.get("checkpoint")
+        name = old
+        if arrays is not None:
+            name = f"checkpoint-{epoch:04d}.npz"
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            atomic_write_bytes(self.path / name, buffer.getvalue())
+        self.state["history"] = [r for r in self.state.get("history", []) if int(r["epoch"]) < epoch] + [row]
+        self.state["epochs_done"] = epoch
+        self.state["checkpoint"] = name
+        self._save_state()
+        write_history_csv(self.path / "history.csv", self.state["history"])
+        if old and old != name:
+            with contextlib.suppress(OSError):
+                (self.path / old).unlink()
+
+    def load_checkpoint(self) -> dict[str, np.ndarray] | None:
+        """The arrays of the last checkpoint, or None when no epoch has finished."""
+        name = self.state.get("checkpoint")
+        if not name:
+            return None
+        try:
+            with np.load(self.path / name, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError) as err:
+            raise RunError(f"{self.path / name} is unreadable ({err}); use --overwrite to start the run "
+                           "again") from None
+
+    def record_phase(self, info: dict) -> None:
+        """Record (or update) a phase's summary: index, name, blocks, epochs, seconds summed over resumes."""
+        phases = [p for p in self.state.get("phases", []) if p.get("index") != info.get("index")]
+        self.state["phases"] = sorted(phases + [jsonable(info)], key=lambda p: p.get("index", 0))
+        self._save_state()
+
+    def phase_seconds(self, index: int) -> float:
+        """Seconds a phase already ran in earlier (interrupted) parts of this run."""
+        previous = next((p for p in self.state.get("phases", []) if p.get("index") == index), {})
+        return float(previous.get("seconds", 0.0))
+
+    def save_extra(self, key: str, value) -> None:
+        self.state[key] = jsonable(value)
+        self._save_state()
+
+    def complete(self) -> None:
+        """Remove the resume state once the final files are written."""
+        for f in self.path.glob("checkpoint-*.npz"):
+            f.unlink()
+        (self.path / "state.json").unlink(missing_ok=True)
