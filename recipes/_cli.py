@@ -46,6 +46,27 @@ def check_distribute(cfg) -> None:
                          f"{cfg.cpu_devices} with --distribute {cfg.distribute}")
 
 
+def check_weights(weights: str, special=("imagenet", "none")) -> None:
+    """``--weights``: one of ``special`` or a readable file or folder (checked before anything is written)."""
+    if weights.lower() in special:
+        return
+    path = Path(weights)
+    if not path.exists():
+        raise UsageError(f"--weights {weights}: no such file or folder; give {' | '.join(special)} or the path "
+                         "of a weights file (.h5, .weights.h5) or a kcnn checkpoint folder")
+    if not os.access(path, os.R_OK) or (path.is_dir() and not os.access(path, os.X_OK)):
+        raise UsageError(f"--weights {weights}: permission denied; make it readable or copy it elsewhere")
+
+
+def use_onednn() -> None:
+    """The recipes' one place that turns TensorFlow's oneDNN kernels on (x86, before TensorFlow loads, unless
+    the user set TF_ENABLE_ONEDNN_OPTS): TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI/BF16
+    or AMX, and without them training on AVX2-only CPUs runs at a third to a half of the speed."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if platform.machine().lower() in ("x86_64", "amd64") and "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
 def run_config(cfg, **overrides) -> dict:
     """``cfg`` as the dict a run folder's config.toml records: without the placement fields, plus overrides."""
     return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in PLACEMENT}, **overrides}
@@ -83,26 +104,57 @@ def build_parser(config_cls, prog: str, description: str, positional: tuple = ()
     return parser
 
 
+def _field_kind(field: dataclasses.Field) -> tuple[str, bool]:
+    """(base type name, optional) of a config field: ("int", True) for ``int | None``."""
+    kind = _type_of(field)
+    optional = kind.endswith("|None")
+    return (kind[:-len("|None")] if optional else kind), optional
+
+
+def check_value(field: dataclasses.Field, value, where: str):
+    """A config-file value checked like its flag: the field's type (ints are accepted for floats), its
+    choices; returns the value (as float for float fields). Raises UsageError naming the key and ``where``."""
+    kind, optional = _field_kind(field)
+    key = field.name
+    if value is None and optional:
+        return None
+    expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(kind)
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool),
+          "str": lambda v: isinstance(v, str)}.get(kind, lambda v: True)
+    if not ok(value):
+        shown = f'"{value}" (a string)' if isinstance(value, str) else repr(value)
+        raise UsageError(f"{where}: {key} must be {expected}; got {shown}")
+    choices = field.metadata.get("choices")
+    if choices and value not in choices:
+        raise UsageError(f"{where}: {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return float(value) if kind == "float" else value
+
+
 def parse(config_cls, argv, prog: str, description: str, positional: tuple = ()):
-    """Parse ``argv`` (with an optional TOML --config) into an instance of ``config_cls``."""
+    """Parse ``argv`` (with an optional TOML --config) into an instance of ``config_cls``.
+
+    Values from the file get the same types and choices as the flags (`check_value`)."""
     parser = build_parser(config_cls, prog, description, positional)
     args = parser.parse_args(argv)
     values = {}
-    names = {f.name for f in dataclasses.fields(config_cls)}
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     if args.config:
         path = Path(args.config)
         if not path.is_file():
             raise UsageError(f"--config {path}: no such file")
         try:
             data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise UsageError(f"--config {path}: not valid TOML ({err})") from None
         for key, value in data.items():
             name = key.replace("-", "_")
-            if name not in names:
-                raise UsageError(f"--config {path}: unknown option {key!r}; valid: {', '.join(sorted(names))}")
-            values[name] = value
-    for name in names:
+            if name not in fields or name in positional:
+                raise UsageError(f"--config {path}: unknown option {key!r}; valid: "
+                                 f"{', '.join(sorted(set(fields) - set(positional)))}")
+            values[name] = check_value(fields[name], value, f"--config {path}")
+    for name in fields:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -111,9 +163,7 @@ def parse(config_cls, argv, prog: str, description: str, positional: tuple = ())
 
 def run(main_fn: Callable, config_cls, argv, prog: str, description: str, positional: tuple = ()) -> int:
     """Parse, call ``main_fn(config)``, and turn library errors into ``error: ...`` + exit code 2."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if platform.machine().lower() in ("x86_64", "amd64") and "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as `import kcnn` does (see kcnn/__init__.py)
+    use_onednn()
     try:
         config = parse(config_cls, argv, prog, description, positional)
         result = main_fn(config)
@@ -124,7 +174,7 @@ def run(main_fn: Callable, config_cls, argv, prog: str, description: str, positi
         print("error: interrupted; the last finished epoch is saved, rerun with --resume and the same --out",
               file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except (ValueError, OSError) as err:  # OSError: files, disk full, permission denied
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE

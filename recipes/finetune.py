@@ -17,13 +17,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from recipes import _cli
+from recipes import _cli, _job
 
 
 @dataclass
 class FinetuneConfig:
     # what to learn ---------------------------------------------------------------------------------------------
-    data: str = field(default="digits", metadata={"help": "digits | shapes | tfds:NAME | a folder of class "
+    data: str = field(default="digits", metadata={"help": "digits | glyphs | tfds:NAME | a folder of class "
                                                   "folders"})
     per_class: int = field(default=-1, metadata={"help": "labelled training images per class (-1: 1 for the "
                                                  "digits demo, all otherwise; 0: all)"})
@@ -33,10 +33,10 @@ class FinetuneConfig:
     backbone: str = field(default="vgg_cifar", metadata={"help": "keras.applications name (VGG16, ResNet50, "
                                                          "MobileNetV2, ...) or a kcnn model (vgg_cifar, resnet20, "
                                                          "...)"})
-    weights: str = field(default="shapes", metadata={"help": "shapes (pretrain on kcnn's synthetic glyphs, "
+    weights: str = field(default="glyphs", metadata={"help": "glyphs (pretrain on kcnn's synthetic glyphs, "
                                                      "cached) | imagenet | none | PATH (.h5) | kcnn checkpoint"})
-    pretrain_examples: int = field(default=8000, metadata={"help": "synthetic images for --weights shapes"})
-    pretrain_epochs: int = field(default=6, metadata={"help": "epochs for --weights shapes"})
+    pretrain_examples: int = field(default=8000, metadata={"help": "synthetic images for --weights glyphs"})
+    pretrain_epochs: int = field(default=6, metadata={"help": "epochs for --weights glyphs"})
     # how to fine-tune -----------------------------------------------------------------------------------------
     schedule: str = field(default="demo", metadata={"help": "preset (demo, lecture, two-phase, gradual) or a "
                                                     "TOML/JSON schedule file"})
@@ -45,13 +45,15 @@ class FinetuneConfig:
     head: str = field(default="gap", metadata={"help": "gap | dense | conv", "choices": ["gap", "dense", "conv"]})
     dropout: float = field(default=0.0, metadata={"help": "dropout in the new head (with --hidden)"})
     hidden: int = field(default=0, metadata={"help": "width of a hidden layer in the new head (0: none)"})
-    augment: str = field(default="none", metadata={"help": "none | standard | crop"})
+    augment: str = field(default="none", metadata={"help": "none | standard | crop",
+                                                   "choices": ["none", "standard", "crop"]})
     compare_scratch: bool = field(default=True, metadata={"help": "also train the same network from scratch on "
                                                           "the same data and report both"})
     # the run ---------------------------------------------------------------------------------------------------
     out: str | None = field(default=None, metadata={"help": "run folder (default runs/finetune-<time>)"})
     resume: bool = field(default=False, metadata={"help": "continue the interrupted run in --out"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a finished run in --out"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the kcnn run in --out (never another "
+                                                     "folder)"})
     seed: int = field(default=0, metadata={"help": "random seed (same seed, same numbers on one machine)"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 progress bars, 2 one line per epoch"})
     distribute: str = _cli.distribute_field()
@@ -70,6 +72,7 @@ DEMO_SCHEDULE = [
 
 
 def check(cfg: FinetuneConfig) -> None:
+    """Every flag, the schedule and the backbone name, before anything is loaded or written."""
     for name in ("image_size", "batch_size", "pretrain_examples", "pretrain_epochs"):
         if getattr(cfg, name) < 1:
             raise _cli.UsageError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(cfg, name)}")
@@ -77,74 +80,85 @@ def check(cfg: FinetuneConfig) -> None:
         raise _cli.UsageError(f"--epochs must be >= 1; got {cfg.epochs}")
     if cfg.per_class < -1:
         raise _cli.UsageError(f"--per-class must be >= 0 (or -1 for the default); got {cfg.per_class}")
-    if cfg.augment not in ("none", "standard", "crop"):
-        raise _cli.UsageError(f"--augment must be none, standard or crop; got {cfg.augment!r}")
+    if cfg.dropout < 0 or cfg.dropout >= 1:
+        raise _cli.UsageError(f"--dropout must be in [0, 1); got {cfg.dropout}")
+    if cfg.hidden < 0:
+        raise _cli.UsageError(f"--hidden must be >= 0; got {cfg.hidden}")
     _cli.check_distribute(cfg)
+    _cli.check_weights(cfg.weights, special=("glyphs", "imagenet", "none"))
+    from kcnn import transfer
+
+    transfer.preprocessing_mode(cfg.backbone)  # an unknown name fails here, with the closest names
+
+
+def schedule_of(cfg: FinetuneConfig):
+    """The run's schedule: the demo's, a preset or a file, rescaled to --epochs."""
+    from kcnn import transfer
+
+    schedule = transfer.Schedule([transfer.Phase(**p) for p in DEMO_SCHEDULE]) if cfg.schedule == "demo" \
+        else transfer.load_schedule(cfg.schedule)
+    return schedule.scale_epochs(cfg.epochs) if cfg.epochs is not None else schedule
 
 
 def run(cfg: FinetuneConfig) -> int:
     check(cfg)
-    from kcnn import data as kdata
-    from kcnn import distribute, training, transfer
-
-    schedule = transfer.Schedule([transfer.Phase(**p) for p in DEMO_SCHEDULE]) if cfg.schedule == "demo" \
-        else transfer.load_schedule(cfg.schedule)
-    if cfg.epochs is not None:
-        schedule = schedule.scale_epochs(cfg.epochs)
+    schedule = schedule_of(cfg)
     per_class = (DEMO_PER_CLASS if cfg.data == "digits" else 0) if cfg.per_class == -1 else cfg.per_class
-    config = _cli.run_config(cfg, per_class=per_class, schedule_phases=schedule.to_dict()["phase"])
-    # multiworker: only the chief writes the run folder; the strategy comes before TensorFlow starts
-    run_dir = distribute.open_run_dir(cfg.distribute, cfg.out or training.default_out("finetune"),
-                                      overwrite=cfg.overwrite, resume=cfg.resume, config=config)
-    strategy = distribute.make_strategy(cfg.distribute, cpu_devices=cfg.cpu_devices)
-    training.set_seed(cfg.seed)
-    splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
-                        per_class=per_class or None, augment=None if cfg.augment == "none" else cfg.augment)
-    if cfg.verbose:
-        sizes = ", ".join(f"{k} {v}" for k, v in splits.num_examples.items())
-        print(f"data {cfg.data}: {len(splits.class_names)} classes; {sizes}", flush=True)
-    weights = {"none": None}.get(cfg.weights.lower(), cfg.weights)
-    name = cfg.backbone
-    if cfg.weights == "shapes":
-        weights = training.pretrained_checkpoint(cfg.backbone, examples=cfg.pretrain_examples,
-                                                 epochs=cfg.pretrain_epochs, image_size=cfg.image_size,
-                                                 seed=cfg.seed, verbose=cfg.verbose)
-        name = None
-    shape = (cfg.image_size, cfg.image_size, 3)
     hidden = (cfg.hidden,) if cfg.hidden else ()
-    with strategy.scope():  # the model, its optimizers and the fit views are made under the strategy
-        bb = transfer.backbone(name, weights, shape)
+    weights = {"none": None}.get(cfg.weights.lower(), cfg.weights)
+    used = {"weights": str(weights)}
+
+    def load_data():
+        from kcnn import data as kdata
+
+        return kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
+                          per_class=per_class or None, augment=None if cfg.augment == "none" else cfg.augment)
+
+    def build(splits):
+        from kcnn import training, transfer
+
+        name, source = cfg.backbone, weights
+        if cfg.weights == "glyphs":
+            source = training.pretrained_checkpoint(cfg.backbone, examples=cfg.pretrain_examples,
+                                                    epochs=cfg.pretrain_epochs, image_size=cfg.image_size,
+                                                    seed=cfg.seed, verbose=cfg.verbose)
+            name = None
+            used["weights"] = str(source)
+        bb = transfer.backbone(name, source, (cfg.image_size, cfg.image_size, 3))
         model = transfer.classifier(bb, len(splits.class_names), head=cfg.head, dropout=cfg.dropout,
                                     hidden=hidden)
-        history = distribute.fit_recipe(strategy, run_dir, model, bb, schedule, splits,
-                                        augmented=cfg.augment != "none", verbose=cfg.verbose)
-    if distribute.finish_worker(run_dir, strategy):
-        return 0
-    extra = {"backbone": bb.name, "weights": str(weights), "schedule": cfg.schedule, "data": cfg.data,
-             "labels_per_class": per_class, "train_examples": splits.num_examples.get("train"),
-             "distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync}
-    if cfg.compare_scratch:
-        extra.update(_scratch(cfg, run_dir, bb, schedule, splits, hidden))
-    report = training.finish_run(run_dir, model, test_ds=splits.test, class_names=splits.class_names,
-                                 history=history, seed=cfg.seed, extra=extra,
-                                 title=f"fine-tune {bb.name} on {cfg.data}")
-    line = f"test accuracy: fine-tuned {report['test_accuracy']:.3f}"
-    if "scratch_test_accuracy" in report:
-        line += f", from scratch {report['scratch_test_accuracy']:.3f}"
-    print(f"{line}  ({run_dir.path})", flush=True)
-    return 0
+        return model, bb
+
+    def extra(run_dir, model, bb, splits, strategy):
+        result = {"backbone": bb.name, "weights": used["weights"], "schedule": cfg.schedule, "data": cfg.data,
+                  "labels_per_class": per_class, "train_examples": splits.num_examples.get("train")}
+        if cfg.compare_scratch:
+            result.update(_scratch(cfg, run_dir, bb, schedule, splits, hidden))
+        return result
+
+    def describe(report, run_dir):
+        line = f"test accuracy: fine-tuned {report['test_accuracy']:.3f}"
+        if "scratch_test_accuracy" in report:
+            line += f", from scratch {report['scratch_test_accuracy']:.3f}"
+        return f"{line}  ({run_dir.path})"
+
+    config = _cli.run_config(cfg, per_class=per_class, schedule_phases=schedule.to_dict()["phase"])
+    return _job.execute(_job.Job(
+        recipe="finetune", cfg=cfg, config=config, schedule=schedule, augmented=cfg.augment != "none",
+        load_data=load_data, build=build, extra=extra, describe=describe,
+        title=lambda bb: f"fine-tune {bb.name} on {cfg.data}"))
 
 
 def _scratch(cfg, run_dir, bb, schedule, splits, hidden) -> dict:
-    """The same network from random weights on the same data for as many epochs (saved in the run state)."""
+    """The same network from random weights on the same data for as many epochs (saved in the run state).
+
+    Seeded like the run, and its data order keyed by epoch, so a run interrupted during the comparison and
+    resumed reports what an uninterrupted run reports."""
     if "scratch" in run_dir.state:
         return run_dir.state["scratch"]
     from kcnn import training, transfer
 
     training.set_seed(cfg.seed)
-    # A fresh train pipeline: its shuffle order then starts where it starts in a resumed run that skipped the
-    # fine-tuning, so an interrupted run reports the same scratch accuracy as an uninterrupted one.
-    train = splits.dataset("train", training=True)
     started = time.perf_counter()
     fresh = transfer.backbone(bb.name, None, bb.input_shape, preprocessing=bb.preprocessing)
     model = transfer.classifier(fresh, len(splits.class_names), head=cfg.head, dropout=cfg.dropout, hidden=hidden)
@@ -152,8 +166,8 @@ def _scratch(cfg, run_dir, bb, schedule, splits, hidden) -> dict:
                                              bn="train", name="scratch")])
     if cfg.verbose:
         print(f"training {bb.name} from scratch on the same data for comparison", flush=True)
-    transfer.fit_schedule(model, fresh, plan, train, splits.val, verbose=cfg.verbose,
-                          augmented=cfg.augment != "none", feature_cache=False)
+    transfer.fit_schedule(model, fresh, plan, splits, verbose=cfg.verbose, augmented=cfg.augment != "none",
+                          feature_cache=False)
     metrics = training.evaluate(model, splits.test, splits.class_names)
     result = {"scratch_test_accuracy": metrics["test_accuracy"],
               "scratch_seconds": round(time.perf_counter() - started, 1)}

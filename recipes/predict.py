@@ -4,8 +4,10 @@
     python -m recipes.predict runs/x/model.keras *.jpg --top 3
 
 MODEL is a run folder (its model.keras and labels.json) or a .keras file (labels.json beside it, else class
-numbers). With --top K each line holds K label/probability pairs. Unreadable images are named on stderr and
-skipped; the exit code is 2 when none could be read.
+numbers). With --top K each line holds K label/probability pairs. The model loads in Keras' safe mode: a file
+that would run code is refused. An unreadable image is named on its own line on stderr and the others are
+still predicted; the exit code is 0 when every image was predicted, 1 when some could not be read, 2 when none
+could (or on bad input: a missing model, a malformed labels.json).
 """
 from __future__ import annotations
 
@@ -24,21 +26,31 @@ class PredictConfig:
     top: int = field(default=1, metadata={"help": "labels per image, most probable first"})
 
 
-def _load(model_arg: str):
-    import keras
+def _labels(file: Path, classes: int):
+    """The class names in ``file`` (labels.json): a list of ``classes`` strings, else a UsageError naming it."""
+    try:
+        labels = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise _cli.UsageError(f"{file}: not readable JSON ({type(err).__name__}); it must be a list of "
+                              f"{classes} class names") from None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise _cli.UsageError(f"{file}: must be a JSON list of class names (strings)")
+    if len(labels) != classes:
+        raise _cli.UsageError(f"{file}: lists {len(labels)} class names but the model has {classes} outputs")
+    return labels
 
-    import kcnn  # noqa: F401  (registers kcnn's layers for loading)
+
+def _load(model_arg: str):
+    from kcnn import perf
 
     path = Path(model_arg)
     file = path / "model.keras" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no model at {model_arg}: pass a run folder with model.keras or a .keras file")
-    try:
-        model = keras.saving.load_model(file, compile=False)
-    except Exception as err:  # corrupt or foreign file
-        raise ValueError(f"cannot load {file}: {' '.join(str(err).split())[:200]}") from None
+    model = perf.load_model(file)  # safe mode: one line for a file that would run code
+    classes = int(model.outputs[0].shape[-1])
     labels_file = file.parent / "labels.json"
-    labels = json.loads(labels_file.read_text()) if labels_file.is_file() else None
+    labels = _labels(labels_file, classes) if labels_file.is_file() else None
     return model, labels
 
 
@@ -55,7 +67,7 @@ def run(cfg: PredictConfig) -> int:
             with Image.open(image_path) as img:
                 x = np.asarray(img.convert("RGB"), dtype="float32")[None]
         except Exception as err:
-            print(f"warning: skipped {image_path}: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"error: {image_path}: unreadable image ({type(err).__name__})", file=sys.stderr)
             continue
         probs = np.asarray(model(x, training=False)).reshape(-1)
         order = np.argsort(-probs)[: cfg.top]
@@ -66,7 +78,7 @@ def run(cfg: PredictConfig) -> int:
         ok += 1
     if not ok:
         raise _cli.UsageError("no image could be read")
-    return 0
+    return 0 if ok == len(cfg.images) else 1
 
 
 def main(argv=None) -> int:

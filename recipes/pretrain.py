@@ -3,7 +3,7 @@
 The run folder is itself the checkpoint: ``model.keras`` plus ``kcnn.json`` (architecture, input size, class
 names, preprocessing), beside the usual history, report and plots.
 
-    python -m recipes.pretrain --data shapes --backbone vgg_cifar --examples 20000 --epochs 5 --out runs/pre
+    python -m recipes.pretrain --data glyphs --backbone vgg_cifar --examples 20000 --epochs 5 --out runs/pre
     python -m recipes.finetune --weights runs/pre
     python -m recipes.pretrain --distribute mirrored          # all local GPUs (see recipes.train for multiworker)
 """
@@ -12,62 +12,70 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from recipes import _cli
+from recipes import _cli, _job
 
 
 @dataclass
 class PretrainConfig:
-    data: str = field(default="shapes", metadata={"help": "source dataset: shapes | digits | tfds:NAME | folder"})
+    data: str = field(default="glyphs", metadata={"help": "source dataset: glyphs | digits | tfds:NAME | folder"})
     backbone: str = field(default="vgg_cifar", metadata={"help": "kcnn model or keras.applications name"})
-    examples: int = field(default=8000, metadata={"help": "images to generate (shapes) or use at most (others)"})
+    examples: int = field(default=8000, metadata={"help": "images to generate (glyphs) or use at most (others)"})
     epochs: int = field(default=6, metadata={"help": "training epochs"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate (Adam, cosine decay)"})
     image_size: int = field(default=32, metadata={"help": "side in pixels"})
     batch_size: int = field(default=64, metadata={"help": "images per step"})
     out: str | None = field(default=None, metadata={"help": "run folder = checkpoint (default runs/pretrain-<time>)"})
     resume: bool = field(default=False, metadata={"help": "continue the interrupted run in --out"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a finished run in --out"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the kcnn run in --out (never another "
+                                                     "folder)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 progress bars, 2 one line per epoch"})
     distribute: str = _cli.distribute_field()
     cpu_devices: int | None = _cli.cpu_devices_field()
 
 
-def run(cfg: PretrainConfig) -> int:
+def check(cfg: PretrainConfig) -> None:
+    """Every flag and the backbone name, before anything is loaded or written."""
     for name in ("examples", "epochs", "image_size", "batch_size"):
         if getattr(cfg, name) < 1:
             raise _cli.UsageError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(cfg, name)}")
     if not cfg.lr > 0:
         raise _cli.UsageError(f"--lr must be > 0; got {cfg.lr}")
     _cli.check_distribute(cfg)
-    from kcnn import data as kdata
-    from kcnn import distribute, training, transfer
+    from kcnn import transfer
 
-    # multiworker: only the chief writes the run folder; the strategy comes before TensorFlow starts
-    run_dir = distribute.open_run_dir(cfg.distribute, cfg.out or training.default_out("pretrain"),
-                                      overwrite=cfg.overwrite, resume=cfg.resume, config=_cli.run_config(cfg))
-    strategy = distribute.make_strategy(cfg.distribute, cpu_devices=cfg.cpu_devices)
-    training.set_seed(cfg.seed)
-    splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
-                        **training._size_option(cfg.data, cfg.examples))
+    transfer.preprocessing_mode(cfg.backbone)  # an unknown name fails here, with the closest names
+
+
+def run(cfg: PretrainConfig) -> int:
+    check(cfg)
+    from kcnn import training, transfer
+
     schedule = training.pretrain_schedule(cfg.epochs, cfg.lr)
-    with strategy.scope():
+
+    def load_data():
+        from kcnn import data as kdata
+
+        return kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
+                          **training.size_option(cfg.data, cfg.examples))
+
+    def build(splits):
         bb = transfer.backbone(cfg.backbone, None, (cfg.image_size, cfg.image_size, 3))
-        model = transfer.classifier(bb, len(splits.class_names))
-        history = distribute.fit_recipe(strategy, run_dir, model, bb, schedule, splits, augmented=False,
-                                        verbose=cfg.verbose)
-    if distribute.finish_worker(run_dir, strategy):
-        return 0
-    report = training.finish_run(run_dir, model, test_ds=splits.test, class_names=splits.class_names,
-                                 history=history, seed=cfg.seed, extra={"backbone": bb.name, "data": cfg.data,
-                                        "distribute": cfg.distribute,
-                                        "replicas": strategy.num_replicas_in_sync},
-                                 title=f"pretrain {bb.name} on {cfg.data}")
-    transfer.save_checkpoint(run_dir.path, model, arch=bb.name, input_shape=bb.input_shape,
-                             class_names=splits.class_names, preprocessing=bb.preprocessing)
-    print(f"test accuracy {report['test_accuracy']:.3f}; checkpoint: {run_dir.path} "
-          f"(use: python -m recipes.finetune --weights {run_dir.path})", flush=True)
-    return 0
+        return transfer.classifier(bb, len(splits.class_names)), bb
+
+    def before_report(run_dir, model, bb, splits):
+        # the checkpoint is complete before report.json marks the run finished
+        transfer.save_checkpoint(run_dir.path, model, arch=bb.name, input_shape=bb.input_shape,
+                                 class_names=splits.class_names, preprocessing=bb.preprocessing)
+
+    return _job.execute(_job.Job(
+        recipe="pretrain", cfg=cfg, config=_cli.run_config(cfg), schedule=schedule, augmented=False,
+        load_data=load_data, build=build, before_report=before_report,
+        extra=lambda run_dir, model, bb, splits, strategy: {"backbone": bb.name, "data": cfg.data},
+        describe=lambda report, run_dir: (f"test accuracy {report['test_accuracy']:.3f}; checkpoint: "
+                                          f"{run_dir.path} (use: python -m recipes.finetune --weights "
+                                          f"{run_dir.path})"),
+        title=lambda bb: f"pretrain {bb.name} on {cfg.data}"))
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from recipes import _cli
+from recipes import _cli, _job
 
 #: Training presets. he2015: He et al. 2015, section 4.2 (CIFAR): SGD momentum 0.9, weight decay 1e-4, batch 128,
 #: lr 0.1, divided by 10 at 32k and 48k iterations, stop at 64k (= 82 + 41 + 41 epochs of 391 steps on 50k images);
@@ -34,27 +34,29 @@ PRESETS = {
 
 @dataclass
 class TrainConfig:
-    data: str = field(default="digits", metadata={"help": "digits | shapes | tfds:NAME | a folder of class folders"})
+    data: str = field(default="digits", metadata={"help": "digits | glyphs | tfds:NAME | a folder of class folders"})
     model: str = field(default="resnet20", metadata={"help": "a kcnn registry model (see kcnn.list_models())"})
     preset: str = field(default="default", metadata={"help": "training recipe", "choices": sorted(PRESETS)})
     epochs: int | None = field(default=None, metadata={"help": "total epochs (rescales the preset)"})
     batch_size: int | None = field(default=None, metadata={"help": "images per step (default: the preset's)"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: the preset's)"})
     image_size: int = field(default=32, metadata={"help": "side in pixels"})
-    augment: str | None = field(default=None, metadata={"help": "none | standard | crop (default: the preset's)"})
-    norm: str = field(default="batch", metadata={"help": "batch | none"})
+    augment: str | None = field(default=None, metadata={"help": "none | standard | crop (default: the preset's)",
+                                                         "choices": ["none", "standard", "crop"]})
+    norm: str = field(default="batch", metadata={"help": "batch | none", "choices": ["batch", "none"]})
     out: str | None = field(default=None, metadata={"help": "run folder (default runs/train-<time>)"})
     resume: bool = field(default=False, metadata={"help": "continue the interrupted run in --out"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a finished run in --out"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the kcnn run in --out (never another "
+                                                     "folder)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 progress bars, 2 one line per epoch"})
     distribute: str = _cli.distribute_field()
     cpu_devices: int | None = _cli.cpu_devices_field()
 
 
-def run(cfg: TrainConfig) -> int:
-    from kcnn import data as kdata
-    from kcnn import distribute, get_entry, training, transfer
+def check(cfg: TrainConfig) -> None:
+    """Every flag and the model name, before anything is loaded or written."""
+    from kcnn import get_entry
 
     preset = PRESETS[cfg.preset]
     batch_size = cfg.batch_size or preset["batch_size"]
@@ -66,10 +68,17 @@ def run(cfg: TrainConfig) -> int:
         raise _cli.UsageError(f"--lr must be > 0; got {cfg.lr}")
     if augment not in ("none", "standard", "crop"):
         raise _cli.UsageError(f"--augment must be none, standard or crop; got {augment!r}")
-    if cfg.norm not in ("batch", "none"):
-        raise _cli.UsageError(f"--norm must be batch or none; got {cfg.norm!r}")
     _cli.check_distribute(cfg)
     get_entry(cfg.model)  # unknown names fail here, with the closest names
+
+
+def run(cfg: TrainConfig) -> int:
+    check(cfg)
+    from kcnn import transfer
+
+    preset = PRESETS[cfg.preset]
+    batch_size = cfg.batch_size or preset["batch_size"]
+    augment = cfg.augment or preset["augment"]
     phases = [dict(p, train="all", bn="train") for p in preset["phases"]]
     if cfg.lr is not None:
         scale = cfg.lr / phases[0]["lr"]
@@ -77,32 +86,27 @@ def run(cfg: TrainConfig) -> int:
     schedule = transfer.Schedule([transfer.Phase(**p) for p in phases])
     if cfg.epochs is not None:
         schedule = schedule.scale_epochs(max(cfg.epochs, len(schedule)))
-    # where it runs is no setting of the run: the math is the same, and a resume may run elsewhere
+
+    def load_data():
+        from kcnn import data as kdata
+
+        return kdata.load(cfg.data, image_size=cfg.image_size, batch_size=batch_size, seed=cfg.seed,
+                          augment=None if augment == "none" else augment)
+
+    def build(splits):
+        options = {"norm": None if cfg.norm == "none" else "batch"}
+        bb = transfer.backbone(cfg.model, None, (cfg.image_size, cfg.image_size, 3), options=options)
+        return transfer.classifier(bb, len(splits.class_names)), bb
+
     config = _cli.run_config(cfg, batch_size=batch_size, augment=augment,
                              schedule_phases=schedule.to_dict()["phase"])
-    # multiworker: only the chief writes the run folder (the other workers a temporary one)
-    run_dir = distribute.open_run_dir(cfg.distribute, cfg.out or training.default_out("train"),
-                                      overwrite=cfg.overwrite, resume=cfg.resume, config=config)
-    # before anything initializes TensorFlow (logical CPU devices, multi-worker collectives)
-    strategy = distribute.make_strategy(cfg.distribute, cpu_devices=cfg.cpu_devices)
-    training.set_seed(cfg.seed)
-    splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=batch_size, seed=cfg.seed,
-                        augment=None if augment == "none" else augment)
-    options = {"norm": None if cfg.norm == "none" else "batch"}
-    with strategy.scope():  # the model, the optimizers and the fit views are made under the strategy
-        bb = transfer.backbone(cfg.model, None, (cfg.image_size, cfg.image_size, 3), options=options)
-        model = transfer.classifier(bb, len(splits.class_names))
-        history = distribute.fit_recipe(strategy, run_dir, model, bb, schedule, splits,
-                                        augmented=augment != "none", verbose=cfg.verbose)
-    if distribute.finish_worker(run_dir, strategy):
-        return 0
-    report = training.finish_run(run_dir, model, test_ds=splits.test, class_names=splits.class_names,
-                                 history=history, seed=cfg.seed,
-                                 extra={"model": cfg.model, "data": cfg.data, "preset": cfg.preset,
-                                        "distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync},
-                                 title=f"{cfg.model} on {cfg.data}")
-    print(f"test accuracy {report['test_accuracy']:.3f}  ({run_dir.path})", flush=True)
-    return 0
+    return _job.execute(_job.Job(
+        recipe="train", cfg=cfg, config=config, schedule=schedule, augmented=augment != "none",
+        load_data=load_data, build=build,
+        extra=lambda run_dir, model, bb, splits, strategy: {"model": cfg.model, "data": cfg.data,
+                                                           "preset": cfg.preset},
+        describe=lambda report, run_dir: f"test accuracy {report['test_accuracy']:.3f}  ({run_dir.path})",
+        title=lambda bb: f"{cfg.model} on {cfg.data}"))
 
 
 def main(argv=None) -> int:

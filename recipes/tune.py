@@ -89,8 +89,8 @@ class TuneConfig:
                                                   "evaluate it on test"})
     # the run -----------------------------------------------------------------------------------------------
     out: str | None = field(default=None, metadata={"help": "search folder (default runs/tune-<time>)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace what --out holds (a search or anything "
-                                                     "else)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the kcnn search in --out (never another "
+                                                     "folder)"})
     seed: int = field(default=0, metadata={"help": "random seed of the data split, the oracle and the "
                                            "training"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 trial summaries, 2 also one line per "
@@ -174,11 +174,17 @@ def prepare_out(out: Path, ident: dict, overwrite: bool, worker: bool) -> bool:
 
     Raises UsageError without touching the folder when it holds a different search or something else.
     """
+    from kcnn import runs
+
     if out.exists() and not out.is_dir():
         raise _cli.UsageError(f"--out {out} is a file, not a folder; choose another --out")
-    if overwrite and not worker:
-        return False
     contents = list(out.iterdir()) if out.is_dir() else []
+    ours = runs.holds_kcnn_run(out) or (out / SEARCH_FILE).is_file()
+    if overwrite and not worker:
+        if contents and not ours:  # kcnn deletes only what kcnn made
+            raise _cli.UsageError(f"--out {out} is a folder kcnn did not make (no {runs.MARKER}); kcnn never "
+                                  "replaces it, even with --overwrite: choose an empty or new folder")
+        return False
     if not contents:
         return False
     search_file = out / SEARCH_FILE
@@ -214,7 +220,7 @@ def run(cfg: TuneConfig) -> int:
     import tensorflow as tf
 
     from kcnn import data as kdata
-    from kcnn import training
+    from kcnn import runs, training
 
     training.set_seed(cfg.seed, deterministic=False)
     splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -241,8 +247,9 @@ def run(cfg: TuneConfig) -> int:
     # From here on the folder is written.
     if not worker:
         if cfg.overwrite and out.exists():
-            shutil.rmtree(out)
+            shutil.rmtree(out)  # prepare_out checked that it holds a kcnn search
         out.mkdir(parents=True, exist_ok=True)
+        runs.atomic_write_text(out / runs.MARKER, json.dumps({"format": runs.MARKER_FORMAT, "recipe": "tune"}))
         tuning.write_json(out / SEARCH_FILE, ident)
     tuner = tuning.make_tuner(cfg.tuner, hypermodel, directory=out, project_name=PROJECT,
                               objective=cfg.objective, max_trials=max_trials_of(cfg), epochs=cfg.epochs,

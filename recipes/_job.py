@@ -1,0 +1,95 @@
+"""The one skeleton of the training recipes (train, pretrain, finetune): what they share, in the order it must run.
+
+1. check every input           the recipe's ``check`` (flags), then the run folder (`kcnn.runs.RunDir.check`):
+                               a refusal writes nothing
+2. strategy and seed           before anything starts TensorFlow's runtime (logical CPU devices, collectives)
+3. data, then the model        under the strategy's scope; bad data, backbone names or weight files fail here,
+                               still before anything is written to --out
+4. open the run folder         the marker first, then config.toml and state.json (the chief's; other workers of
+                               a multiworker run write a temporary folder they delete)
+5. fit                         `kcnn.training.fit_run`: per-epoch checkpoints, exact resume, one history
+6. finish                      the chief evaluates and writes model.keras, report.json, plots; returns the report
+
+A recipe gives a `Job`: its settings and the few functions that differ between recipes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from recipes import _cli
+
+
+@dataclass
+class Job:
+    """What one recipe run needs from its recipe.
+
+    Attributes:
+        recipe: "train", "pretrain" or "finetune" (the run folder's marker and default name).
+        cfg: The recipe's config (fields out, resume, overwrite, seed, verbose, distribute, cpu_devices).
+        config: What the run folder's config.toml records.
+        schedule: The `kcnn.transfer.Schedule` to fit.
+        augmented: Whether the training data are randomly augmented (no feature cache then).
+        load_data: ``() -> kcnn.data.Splits``.
+        build: ``(splits) -> (model, backbone)``, called under the strategy's scope.
+        extra: ``(run, model, backbone, splits, strategy) -> dict`` of report entries (may train more, e.g. the
+            from-scratch comparison); default none.
+        before_report: ``(run, model, backbone, splits) -> None``: files to write before report.json marks the
+            run finished (pretrain's checkpoint metadata).
+        title: ``(backbone) -> str``, the plots' title.
+        describe: ``(report, run) -> str``, the last line printed.
+    """
+
+    recipe: str
+    cfg: Any
+    config: dict
+    schedule: Any
+    augmented: bool
+    load_data: Callable
+    build: Callable
+    title: Callable
+    describe: Callable
+    extra: Callable | None = None
+    before_report: Callable | None = None
+    strategy: Any = field(default=None, repr=False)
+
+
+def execute(job: Job) -> int:
+    """Run ``job`` through the skeleton; returns the exit code (0)."""
+    _cli.check_distribute(job.cfg)
+    from kcnn import distribute, runs
+
+    cfg = job.cfg
+    out = cfg.out or runs.default_out(job.recipe)
+    run = distribute.run_dir_for(cfg.distribute, out, recipe=job.recipe, overwrite=cfg.overwrite,
+                                 resume=cfg.resume, config=job.config)
+    run.check()  # refusals before anything starts
+    strategy = distribute.make_strategy(cfg.distribute, cpu_devices=cfg.cpu_devices)
+    job.strategy = strategy
+    from kcnn import training
+
+    training.set_seed(cfg.seed)
+    splits = job.load_data()
+    if cfg.verbose:
+        sizes = ", ".join(f"{k} {v}" for k, v in splits.num_examples.items())
+        print(f"data {getattr(cfg, 'data', '')}: {len(splits.class_names)} classes; {sizes}", flush=True)
+    with strategy.scope():  # the model, its optimizers and the fit views are made under the strategy
+        model, bb = job.build(splits)
+        from kcnn import transfer
+
+        transfer.make_plan(model, bb, job.schedule)  # a schedule block the backbone lacks fails here
+        run.open()
+        history = training.fit_run(run, model, bb, job.schedule, splits, strategy=strategy,
+                                   augmented=job.augmented, verbose=cfg.verbose)
+    if distribute.finish_worker(run, strategy):
+        return 0
+    extra = {"distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync,
+             "skipped_files": [{"path": str(path), "reason": reason} for path, reason in splits.skipped]}
+    if job.extra is not None:
+        extra.update(job.extra(run, model, bb, splits, strategy))
+    hook = None if job.before_report is None else (lambda run_: job.before_report(run_, model, bb, splits))
+    report = training.finish_run(run, model, test_ds=splits.test, class_names=splits.class_names,
+                                 history=history, seed=cfg.seed, extra=extra, title=job.title(bb),
+                                 before_report=hook)
+    print(job.describe(report, run), flush=True)
+    return 0
