@@ -5,25 +5,38 @@
     ['allcnn_a', 'allcnn_b', 'allcnn_c']
     >>> model = kcnn.build("resnet20", classes=10)
 
-Importing kcnn sets no environment variable, random seed, determinism flag or plotting backend.
+Importing kcnn sets no environment variable, random seed, determinism flag or plotting backend, and loads
+neither TensorFlow nor Keras: its names and submodules load on first use. So ``kcnn.perf.enable_onednn()``
+can still turn TensorFlow's oneDNN kernels on when it is called before anything touches TensorFlow.
 """
 __version__ = "0.1.0"
 
-from kcnn import arithmetic, convert, layers, model_summary, registry  # noqa: F401
-from kcnn import models  # noqa: F401  (importing the builders registers every built-in architecture)
-from kcnn.arithmetic import (  # noqa: F401
-    ReceptiveField, conv_output_size, padding_for, receptive_field, same_padding,
-)
-from kcnn.model_summary import count_macs, summary  # noqa: F401
-from kcnn.registry import ModelEntry, ModelSpec, build, get_entry, list_models, register_model  # noqa: F401
-from kcnn.weights import WeightsError  # noqa: F401
+#: name -> the module that defines it (loaded on first use)
+_EXPORTS = {
+    **dict.fromkeys(("ReceptiveField", "conv_output_size", "padding_for", "receptive_field", "same_padding"),
+                    "kcnn.arithmetic"),
+    **dict.fromkeys(("count_macs", "summary"), "kcnn.model_summary"),
+    **dict.fromkeys(("ModelEntry", "ModelSpec", "build", "get_entry", "list_models", "register_model"),
+                    "kcnn.registry"),
+    "WeightsError": "kcnn.weights",
+}
+_SUBMODULES = ("arithmetic", "convert", "data", "distribute", "layers", "model_summary", "models", "perf",
+               "plots", "registry", "runs", "training", "transfer", "tuning", "weights")
 
-_LAZY = ("data", "transfer", "training", "tuning", "plots", "distribute", "perf")
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):  # kcnn.data, kcnn.transfer, ... import on first use (keras-tuner is slow to import)
-    if name in _LAZY:
-        import importlib
+def __getattr__(name):
+    import importlib
 
+    if name in _EXPORTS:
+        if _EXPORTS[name] == "kcnn.registry":
+            importlib.import_module("kcnn.models")  # importing the builders registers every architecture
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
         return importlib.import_module(f"kcnn.{name}")
     raise AttributeError(f"module 'kcnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -1,7 +1,7 @@
 """Training speed: the per-device settings kcnn trains with, a fused batch-norm layer, and the machine's peak.
 
 CIFAR ResNet-20, batch 128, 2 x86 cores (AVX-512, no AMX), TensorFlow 2.21 / Keras 3.15, on a quiet machine
-(FINDINGS.md; re-measure with ``python -m recipes.bench --reference torch`` and its lever options):
+(re-measure with ``python -m recipes.bench --reference torch`` and its lever options):
 
 =========================================================  ==================
 setup (training)                                           vs PyTorch eager
@@ -19,10 +19,13 @@ XLA (``jit_compile=True``)                                 0.42x
 * `FusedBatchNormalization` computes batch norm with TensorFlow's fused kernel (``FusedBatchNormV3``); Keras
   3's own layer builds it from separate ops (moments, then normalisation), about a fifth of a ResNet-20
   training step on a CPU (954 -> 1,183 img/s above).
-* XLA and ``mixed_bfloat16`` made training slower on this CPU; oneDNN is a large win. TensorFlow turns it on by
-  default only on CPUs with AVX-512 VNNI/BF16 or AMX; on an AVX2 AMD EPYC it was off and a ResNet-20 step took
-  0.69-0.79 s instead of 0.43 s, so ``import kcnn`` (and every recipe) sets ``TF_ENABLE_ONEDNN_OPTS=1`` on x86
-  unless the user set it.
+* XLA and ``mixed_bfloat16`` made training slower on this CPU; oneDNN is a large win. TensorFlow turns it on
+  by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on an AVX2 AMD EPYC it was off and a ResNet-20 step
+  took 0.69-0.79 s instead of 0.43 s. `enable_onednn` turns it on for the process (call it before TensorFlow
+  is imported; the recipes do); importing kcnn changes no environment variable.
+
+``import kcnn.perf`` imports neither TensorFlow nor Keras: the functions import them when called, and the
+fused batch-norm class is made on first use (at import when Keras is already loaded).
 
 On an NVIDIA GPU `auto_settings` returns the usual defaults there (``mixed_float16`` on tensor-core GPUs,
 XLA on: what Keras' ``jit_compile="auto"`` already picks on a GPU), which have **not been measured** with
@@ -31,11 +34,8 @@ kcnn; override them where they do not win.
 from __future__ import annotations
 
 import os
+import sys
 import time
-
-import keras
-import numpy as np
-import tensorflow as tf
 
 #: Training steps per ``tf.function`` call (``compile(steps_per_execution=...)``); see `auto_settings`.
 DEFAULT_STEPS_PER_EXECUTION = 16
@@ -51,11 +51,15 @@ DEVICES = ("cpu", "gpu")
 
 def detect_device() -> str:
     """``"gpu"`` when TensorFlow sees a GPU, else ``"cpu"``."""
+    import tensorflow as tf
+
     return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
 def _tensor_cores() -> bool:
     """Whether the first GPU has compute capability >= 7.0 (float16 tensor cores); unknown counts as yes."""
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return False
@@ -134,29 +138,68 @@ def apply_settings(settings: dict) -> dict:
     Returns:
         ``dict(steps_per_execution=..., jit_compile=...)`` for ``model.compile``.
     """
+    import keras
+
     keras.mixed_precision.set_global_policy(settings["mixed_precision"])
     return dict(steps_per_execution=settings["steps_per_execution"], jit_compile=settings["jit_compile"])
 
 
 def set_threads(intra_op: int = 0, inter_op: int = 0) -> None:
     """TensorFlow's thread pools (0: TensorFlow's default, one thread per core). Call before any op runs."""
+    import tensorflow as tf
+
     if intra_op:
         tf.config.threading.set_intra_op_parallelism_threads(int(intra_op))
     if inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(int(inter_op))
 
 
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("1", "true")
+
+
+def enable_onednn() -> bool:
+    """Turn TensorFlow's oneDNN kernels on for this process unless the user chose; call before importing it.
+
+    Sets ``TF_ENABLE_ONEDNN_OPTS=1`` when the variable is unset and TensorFlow has not been imported yet
+    (TensorFlow reads it once, at import). A value the user set is left alone (``TF_ENABLE_ONEDNN_OPTS=0``
+    keeps oneDNN off). Nothing is changed on import of kcnn: the recipes call this first thing.
+
+    When it matters: TensorFlow turns oneDNN on by itself only on x86 CPUs with AVX-512 VNNI/BF16 or AMX. On
+    AVX2-only x86 CPUs (many AMD EPYC and older Intel parts) it is off by default, and convolutions run
+    through Eigen: a CIFAR ResNet-20 training step at batch 128 took 0.69-0.79 s instead of 0.43 s on a 2-core
+    AVX2 EPYC. It has no effect on GPU kernels.
+
+    Returns:
+        True if oneDNN will be (or already is) on in this process: the variable was set to 1 here, the user
+        had set it on, or TensorFlow is already loaded with oneDNN on. False if the user set it off, or
+        TensorFlow was imported before this call with oneDNN off (too late: restart the process and call this
+        first).
+    """
+    if "tensorflow" in sys.modules:
+        return onednn_enabled()
+    value = os.environ.get(ONEDNN_VARIABLE)
+    if value is None:
+        os.environ[ONEDNN_VARIABLE] = "1"
+        return True
+    return _truthy(value)
+
+
 def onednn_enabled() -> bool:
-    """Whether TensorFlow's oneDNN kernels are on in this process (TensorFlow's own answer).
+    """Whether TensorFlow's oneDNN kernels are on in this process: TensorFlow's answer (imports TensorFlow).
 
     TensorFlow decides at import: ``TF_ENABLE_ONEDNN_OPTS`` if set, else on only for x86 CPUs with AVX-512
-    VNNI/BF16 or AMX. ``import kcnn`` before TensorFlow sets it to 1 on x86 unless the user set it.
+    VNNI/BF16 or AMX (see `enable_onednn`). Where TensorFlow offers no way to ask, the variable answers.
     """
+    from kcnn import _compat
+
     try:
-        from tensorflow.python.util import _pywrap_util_port
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):  # a TensorFlow without the hook: go by the variable
-        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0").strip().lower() not in ("0", "false")
+        return _compat.tf_onednn_enabled()
+    except _compat.CompatError:  # a TensorFlow without the hook: go by the variable
+        return _truthy(os.environ.get(ONEDNN_VARIABLE))
 
 
 def matmul_peak_gflops(size: int = 4096, repeats: int = 5, dtype: str = "float32") -> float:
@@ -173,6 +216,9 @@ def matmul_peak_gflops(size: int = 4096, repeats: int = 5, dtype: str = "float32
     Returns:
         GFLOP/s.
     """
+    import numpy as np
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
     a = tf.constant(rng.standard_normal((size, size)), dtype=dtype)
     b = tf.constant(rng.standard_normal((size, size)), dtype=dtype)
@@ -214,71 +260,178 @@ def use_fused_batch_norm(enabled: bool | None = None) -> bool:
     return before
 
 
-@keras.saving.register_keras_serializable(package="kcnn", name="FusedBatchNormalization")
-class BatchNormalization(keras.layers.BatchNormalization):
-    """`keras.layers.BatchNormalization` computed by TensorFlow's fused kernel (``FusedBatchNormV3``).
+_CLASS: dict = {}
 
-    Same constructor, weights (gamma, beta, moving_mean, moving_variance, in that order), names, config and
-    semantics as Keras 3's layer, so keras.applications weight files load into it and ``isinstance(layer,
-    keras.layers.BatchNormalization)`` holds. The class is called ``BatchNormalization`` (also exported as
-    `FusedBatchNormalization`) on purpose: Keras 3's ``.weights.h5`` and ``.keras`` files address a layer's
-    variables by its class name in snake case (``layers/batch_normalization_3/vars``), so only this name keeps
-    weight files interchangeable with Keras' own layer. ``.keras`` configs record it as
-    ``kcnn>FusedBatchNormalization``; ``import kcnn`` registers it for loading.
 
-    In training mode (``training=True`` and ``trainable``) it normalises with the batch statistics and updates
-    the moving statistics exactly as Keras does
-    (``moving = moving * momentum + batch * (1 - momentum)`` with the *biased* batch variance); otherwise it
-    uses the moving statistics. Under a mixed-precision policy it keeps half-precision activations (the
-    statistics stay float32).
+def _fused_class():
+    """Make (once) and register the fused batch-norm class; imports Keras and TensorFlow."""
+    if "class" in _CLASS:
+        return _CLASS["class"]
+    import keras
+    import tensorflow as tf
 
-    The fused path runs for 4-D channels-last inputs on the TensorFlow backend; anything else (a mask,
-    ``renorm``, ``synchronized``, another axis or rank, ``epsilon`` < 1.001e-5) falls back to Keras' ops.
-    """
+    @keras.saving.register_keras_serializable(package="kcnn", name="FusedBatchNormalization")
+    class BatchNormalization(keras.layers.BatchNormalization):
+        """`keras.layers.BatchNormalization` computed by TensorFlow's fused kernel (``FusedBatchNormV3``).
 
-    def _fusable(self, inputs, mask) -> bool:
-        return (keras.backend.backend() == "tensorflow" and mask is None and not self.renorm
-                and not self.synchronized and len(inputs.shape) == 4 and self.axis in (-1, 3)
-                and self.epsilon >= FUSED_MIN_EPSILON
-                and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "float16", "bfloat16"))
+        Same constructor, weights (gamma, beta, moving_mean, moving_variance, in that order), names, config
+        and semantics as Keras 3's layer, so keras.applications weight files load into it and
+        ``isinstance(layer, keras.layers.BatchNormalization)`` holds. The class is called
+        ``BatchNormalization`` (also exported as `FusedBatchNormalization`) on purpose: Keras 3's
+        ``.weights.h5`` and ``.keras`` files address a layer's variables by its class name in snake case
+        (``layers/batch_normalization_3/vars``), so only this name keeps weight files interchangeable with
+        Keras' own layer. ``.keras`` configs record it as ``kcnn>FusedBatchNormalization``; ``import kcnn``
+        registers it for loading.
 
-    def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
-            return super().call(inputs, training=training, mask=mask)
-        x = tf.convert_to_tensor(inputs)
-        channels = x.shape[-1]
-        scale = tf.cast(self.gamma, "float32") if self.scale else tf.ones((channels,), "float32")
-        offset = tf.cast(self.beta, "float32") if self.center else tf.zeros((channels,), "float32")
-        moving_mean = tf.cast(self.moving_mean, "float32")
-        moving_variance = tf.cast(self.moving_variance, "float32")
-        if training and self.trainable:
-            empty = tf.constant([], "float32")
-            y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=self.epsilon,
-                exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
-            # The kernel returns the unbiased (Bessel-corrected) variance; Keras averages the biased one.
-            count = tf.cast(tf.size(x, out_type=tf.int64) // channels, "float32")
-            variance = variance * (tf.maximum(count - 1.0, 1.0) / count)
-            self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
-            self.moving_variance.assign(moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        In training mode (``training=True`` and ``trainable``) it normalises with the batch statistics and
+        updates the moving statistics exactly as Keras does (``moving = moving * momentum + batch * (1 -
+        momentum)`` with the *biased* batch variance); otherwise it uses the moving statistics. Under a
+        mixed-precision policy it keeps half-precision activations (the statistics stay float32).
+
+        The fused path runs for 4-D channels-last inputs on the TensorFlow backend; anything else (a mask,
+        ``renorm``, ``synchronized``, another axis or rank, ``epsilon`` < 1.001e-5) falls back to Keras' ops.
+        """
+
+        def _fusable(self, inputs, mask) -> bool:
+            return (keras.backend.backend() == "tensorflow" and mask is None and not self.renorm
+                    and not self.synchronized and len(inputs.shape) == 4 and self.axis in (-1, 3)
+                    and self.epsilon >= FUSED_MIN_EPSILON
+                    and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "float16", "bfloat16"))
+
+        def call(self, inputs, training=None, mask=None):
+            if not self._fusable(inputs, mask):
+                return super().call(inputs, training=training, mask=mask)
+            x = tf.convert_to_tensor(inputs)
+            channels = x.shape[-1]
+            scale = tf.cast(self.gamma, "float32") if self.scale else tf.ones((channels,), "float32")
+            offset = tf.cast(self.beta, "float32") if self.center else tf.zeros((channels,), "float32")
+            moving_mean = tf.cast(self.moving_mean, "float32")
+            moving_variance = tf.cast(self.moving_variance, "float32")
+            if training and self.trainable:
+                empty = tf.constant([], "float32")
+                y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                    x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=self.epsilon,
+                    exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+                # The kernel returns the unbiased (Bessel-corrected) variance; Keras averages the biased one.
+                count = tf.cast(tf.size(x, out_type=tf.int64) // channels, "float32")
+                variance = variance * (tf.maximum(count - 1.0, 1.0) / count)
+                self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+                self.moving_variance.assign(
+                    moving_variance * self.momentum + variance * (1.0 - self.momentum))
+                return y
+            y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_variance,
+                epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC", is_training=False)
             return y
-        y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_variance, epsilon=self.epsilon,
-            exponential_avg_factor=1.0, data_format="NHWC", is_training=False)
-        return y
+
+    BatchNormalization.__module__ = __name__
+    BatchNormalization.__qualname__ = "BatchNormalization"
+    _CLASS["class"] = BatchNormalization
+    return BatchNormalization
 
 
-#: The fused layer under a descriptive name (the class itself is named for weight-file compatibility).
-FusedBatchNormalization = BatchNormalization
+def __getattr__(name):
+    # BatchNormalization and FusedBatchNormalization (one class, named for weight-file compatibility; use the
+    # descriptive name) are made on first use.
+    if name in ("BatchNormalization", "FusedBatchNormalization"):
+        return _fused_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def batch_norm_class():
     """The class `kcnn.layers.batch_norm` instantiates (see `use_fused_batch_norm`)."""
-    return BatchNormalization if _FUSED["enabled"] else keras.layers.BatchNormalization
+    if _FUSED["enabled"]:
+        return _fused_class()
+    import keras
+
+    return keras.layers.BatchNormalization
+
+
+_FUSED_CONFIG = {"module": "kcnn.perf", "class_name": "BatchNormalization",
+                 "registered_name": "kcnn>FusedBatchNormalization"}
+_STOCK_CONFIG = {"module": "keras.layers", "class_name": "BatchNormalization", "registered_name": None}
+
+
+def _swap_batch_norm(config, old: dict, new: dict):
+    """A .keras config with every batch-norm entry recorded as ``old`` recorded as ``new`` instead."""
+    if isinstance(config, list):
+        return [_swap_batch_norm(v, old, new) for v in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: _swap_batch_norm(v, old, new) for k, v in config.items()}
+    if all(out.get(k) == v for k, v in old.items()):
+        out.update(new)
+    return out
+
+
+def _rewrite_keras_file(src, dst, old: dict, new: dict) -> None:
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                data = json.dumps(_swap_batch_norm(json.loads(data), old, new)).encode()
+            zout.writestr(item, data)
+
+
+def save_portable(model, path) -> None:
+    """``model.save(path)`` (a ``.keras`` file) that loads where kcnn is not installed, written atomically.
+
+    kcnn's fused batch norm has Keras' config, weights and semantics, so the file records it as Keras' stock
+    ``BatchNormalization``; every other layer kcnn builds is a stock Keras layer already. The file is written
+    to a temporary name in the same folder and renamed.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    raw = path.with_name(f".{path.name}.{os.getpid()}.raw.keras")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        model.save(raw)
+        _rewrite_keras_file(raw, tmp, _FUSED_CONFIG, _STOCK_CONFIG)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        for leftover in (raw, tmp):
+            if leftover.exists():
+                leftover.unlink()
+
+
+def load_model(path):
+    """Load a ``.keras`` file in safe mode (no code runs), uncompiled, with Keras' batch norm computed by kcnn's
+    fused layer (`batch_norm_class`): the file stays portable, kcnn trains it at kcnn's speed.
+
+    Raises:
+        ValueError: one line naming the file when it cannot be loaded (not a .keras file, or one that would
+            need to run code, such as a ``Lambda`` layer).
+    """
+    import tempfile
+
+    import keras
+
+    try:
+        if not _FUSED["enabled"]:
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
+        _fused_class()  # registered before the file names it
+        with tempfile.TemporaryDirectory(prefix="kcnn-load-") as folder:
+            local = os.path.join(folder, "model.keras")
+            _rewrite_keras_file(path, local, _STOCK_CONFIG, _FUSED_CONFIG)
+            return keras.saving.load_model(local, compile=False, safe_mode=True)
+    except Exception as err:  # Keras raises ValueError, TypeError, OSError, zipfile errors...
+        text = " ".join(str(err).split())
+        raise ValueError(f"{path}: not a loadable .keras model ({type(err).__name__}: {text[:300]})") from None
+
+
+if "keras" in sys.modules:  # Keras is loaded already (kcnn.layers imports it first): register the class now,
+    _fused_class()          # so that loading a .keras file after `import kcnn` finds it
 
 
 __all__ = [
-    "auto_settings", "apply_settings", "detect_device", "set_threads", "onednn_enabled", "matmul_peak_gflops",
+    "auto_settings", "apply_settings", "detect_device", "set_threads", "enable_onednn", "onednn_enabled",
+    "matmul_peak_gflops", "save_portable", "load_model",
     "BatchNormalization", "FusedBatchNormalization", "use_fused_batch_norm", "batch_norm_class",
     "DEFAULT_STEPS_PER_EXECUTION", "MIXED_PRECISION_POLICIES",
 ]

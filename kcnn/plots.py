@@ -1,13 +1,18 @@
-"""Learning curves with phase boundaries, and confusion matrices (matplotlib, headless)."""
+"""Learning curves with phase boundaries, and confusion matrices (matplotlib's object API: no backend switch)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def figure(*, figsize) -> Figure:
+    """A figure drawn by the Agg canvas, outside pyplot: the user's backend and open figures are untouched."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def learning_curves(history: list[dict], path, title: str = "") -> Path:
@@ -21,7 +26,8 @@ def learning_curves(history: list[dict], path, title: str = "") -> Path:
     Returns:
         The path written.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
@@ -45,7 +51,6 @@ def learning_curves(history: list[dict], path, title: str = "") -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -54,7 +59,8 @@ def confusion_matrix_plot(matrix, class_names, path, title: str = "confusion mat
     matrix = np.asarray(matrix)
     n = len(class_names)
     size = max(4.0, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     if n <= 30:
         ax.set_xticks(range(n), [str(c) for c in class_names], rotation=90, fontsize=7)
@@ -69,5 +75,4 @@ def confusion_matrix_plot(matrix, class_names, path, title: str = "confusion mat
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

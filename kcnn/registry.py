@@ -3,7 +3,7 @@
 A builder module (``kcnn.models.vgg``, ...) writes each architecture's facts once, in a `ModelSpec`, and
 registers its builder with it. The builder reads its default input shape and minimum size from that same spec,
 and its ``classes`` default is the spec's (`register_model` checks it), so the registry and the builder cannot
-disagree. This module imports no builder module: ``import kcnn`` imports ``kcnn.models``, whose import
+disagree. This module imports no builder module at import time; the first lookup imports ``kcnn.models``, whose import
 registers the built-in architectures.
 """
 from __future__ import annotations
@@ -128,16 +128,30 @@ def register_model(spec: ModelSpec | None = None, /, **fields):
     return wrap
 
 
+_BUILTINS = "kcnn.models"
+
+
+def _with_builtins() -> dict:
+    """The registry, after the built-in builders registered themselves (their package is imported on first
+    lookup, not when this module is: the registry imports no builder at import time)."""
+    import importlib
+    import sys
+
+    if _BUILTINS not in sys.modules:
+        importlib.import_module(_BUILTINS)
+    return _REGISTRY
+
+
 def list_models(pattern: str | None = None) -> list[str]:
     """Names of the registered models, sorted; ``pattern`` is a shell glob such as ``"resnet*"``."""
-    names = sorted(_REGISTRY)
+    names = sorted(_with_builtins())
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; unknown names raise ValueError listing the closest names."""
     key = str(name).lower().replace("-", "_")
-    if key not in _REGISTRY:
+    if key not in _with_builtins():
         close = difflib.get_close_matches(key, _REGISTRY, n=4, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(

@@ -8,8 +8,9 @@ epoch (tracing) is not timed; the figures are medians over ``--epochs`` timed ep
 
 GFLOP/s convention: a multiply-accumulate is 2 FLOPs; MACs per image are `kcnn.count_macs` (convolutions and
 dense layers); a training step costs 3 forward passes (forward + backward), so training GFLOP/s =
-3 x 2 x MACs x images/s and inference GFLOP/s = 2 x MACs x images/s. The peak is a float32 matmul timed
-through TensorFlow by the bench itself.
+3 x 2 x MACs x images/s (1 x for ``--train head``: the frozen backbone only runs forward) and inference
+GFLOP/s = 2 x MACs x images/s. The peak is a matmul timed by each library itself, in float32, or in the
+compute dtype of a mixed-precision policy.
 
     python -m recipes.bench                              # ResNet-20, batch 128, 32 px
     python -m recipes.bench --reference torch            # + the same net in PyTorch and the ratio
@@ -18,9 +19,18 @@ through TensorFlow by the bench itself.
     python -m recipes.bench --steps-per-execution 1 --batch-norm keras   # the levers, one at a time
     python -m recipes.bench --json                       # last line: one JSON object
 
-With ``--reference torch`` the PyTorch epochs run between kcnn's epochs in the same process, so both see the
-same machine load; the load average is printed before and after. PyTorch is the ``[bench]`` extra
-(``pip install -e .[bench]``).
+    python -m recipes.bench --model VGG16 --image-size 224 --batch-size 32 --train head --reference torch
+
+``--reference torch`` times the same net in PyTorch (``recipes.bench_torch``) fairly: each library in its own
+process (``python -m recipes.bench`` and ``python -m recipes.bench_torch`` with ``--json``), one after the
+other, alternated over ``--rounds`` rounds (kcnn first in odd rounds, PyTorch first in even ones), each timing
+``--epochs`` epochs after a warm-up. Per library it prints the median and the best epoch img/s over all rounds
+and the spread (max - min) / median of the epochs; the headline is the ratio of the medians (and best / best).
+``--in-process`` instead interleaves PyTorch's epochs with kcnn's in one process, as earlier versions did: not
+a fair comparison (both libraries' thread pools, allocators and caches share the process). ``--train head``
+times the frozen-backbone (head-only) phase: the backbone runs in inference mode and only the head learns.
+PyTorch is the ``[bench]`` extra (``pip install -e .[bench]``); on a GPU the PyTorch side uses CUDA and AMP
+(float16 where kcnn's policy is mixed_float16).
 """
 from __future__ import annotations
 
@@ -50,8 +60,16 @@ class BenchConfig:
     classes: int = _opt(10, "output classes")
     steps: int = _opt(64, "training steps (batches) per timed epoch")
     epochs: int = _opt(3, "timed epochs (repeats) after one untimed warm-up epoch; medians are reported")
+    train: str = _opt("all", "all (every layer learns) | head (frozen backbone, head-only phase)",
+                      ("all", "head"))
     reference: str = _opt("none", "none | torch: also time the same net in PyTorch (eager, channels-last), "
-                                  "epochs interleaved with kcnn's, and print kcnn/torch", ("none", "torch"))
+                                  "each library in its own process, and print kcnn/torch", ("none", "torch"))
+    rounds: int = _opt(3, "with --reference torch: rounds of (kcnn process, torch process), order alternated")
+    in_process: bool = _opt(False, "with --reference torch: interleave PyTorch's epochs with kcnn's in this "
+                                   "process instead (NOT a fair comparison)")
+    torch_device: str = _opt("auto", "auto | cpu | cuda: PyTorch's device (auto: a GPU when it sees one)",
+                             ("auto", "cpu", "cuda"))
+    worker_timeout: int = _opt(1800, "seconds one worker process may take (--reference torch)")
     feature_cache: bool = _opt(False, "time a frozen-backbone (head-only) epoch naive vs on cached features")
     cache_images: int = _opt(512, "training images for --feature-cache")
     # the levers (default: kcnn.perf.auto_settings for this device) ------------------------------------------
@@ -74,7 +92,7 @@ class BenchConfig:
 
 
 def check(cfg: BenchConfig) -> None:
-    for name in ("classes", "steps", "epochs", "cache_images"):
+    for name in ("classes", "steps", "epochs", "cache_images", "rounds", "worker_timeout"):
         if getattr(cfg, name) < 1:
             raise _cli.UsageError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(cfg, name)}")
     for name in ("batch_size", "image_size"):
@@ -86,6 +104,8 @@ def check(cfg: BenchConfig) -> None:
             raise _cli.UsageError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(cfg, name)}")
     if cfg.feature_cache and cfg.reference != "none":
         raise _cli.UsageError("--feature-cache times kcnn against itself; drop --reference")
+    if cfg.in_process and cfg.reference != "torch":
+        raise _cli.UsageError("--in-process goes with --reference torch")
 
 
 def _defaults(cfg: BenchConfig) -> tuple[str, int, int]:
@@ -94,16 +114,33 @@ def _defaults(cfg: BenchConfig) -> tuple[str, int, int]:
     return cfg.model or "resnet20", cfg.batch_size or 128, cfg.image_size or 32
 
 
-def _torch_reference(arch, batch_size, image_size, classes, seed):
+def _bench_torch():
     try:
         from recipes import bench_torch
     except ImportError as err:
         raise _cli.UsageError(f"--reference torch needs PyTorch ({err}); install the bench extra: "
                               "pip install -e .[bench]") from None
-    if arch not in bench_torch.ARCHS:
+    return bench_torch
+
+
+def _twin(bench_torch, arch):
+    twin = bench_torch.twin_name(arch)
+    if twin is None:
         raise _cli.UsageError(f"no PyTorch reference for {arch!r}; --reference torch supports "
-                              f"{', '.join(bench_torch.ARCHS)}")
-    return bench_torch, bench_torch.Reference(arch, batch_size, image_size, classes, seed=seed)
+                              f"{', '.join([*bench_torch.ARCHS, *bench_torch.ALIASES])}")
+    return twin
+
+
+def _amp(mixed_precision: str) -> str:
+    return {"auto": "auto", "float32": "none", "mixed_float16": "float16",
+            "mixed_bfloat16": "bfloat16"}[mixed_precision]
+
+
+def _torch_reference(cfg, arch, batch_size, image_size):
+    bench_torch = _bench_torch()
+    return bench_torch, bench_torch.Reference(_twin(bench_torch, arch), batch_size, image_size, cfg.classes,
+                                              seed=cfg.seed, device=cfg.torch_device,
+                                              amp=_amp(cfg.mixed_precision), train=cfg.train)
 
 
 def _load() -> list[float]:
@@ -121,10 +158,17 @@ def _jit(value: bool | None):
         return
     from unittest import mock
 
-    from keras.src.trainers.trainer import Trainer
+    from kcnn import _compat
 
-    with mock.patch.object(Trainer, "_resolve_auto_jit_compile", lambda self: value):
+    with mock.patch.object(_compat.keras_trainer_class(), "_resolve_auto_jit_compile", lambda self: value):
         yield
+
+
+def _preprocess_params(model) -> int:
+    try:
+        return int(model.get_layer("preprocess").count_params())
+    except ValueError:
+        return 0
 
 
 def _median(values):
@@ -186,8 +230,14 @@ def run(cfg: BenchConfig) -> int:
     check(cfg)
     arch, batch_size, image_size = _defaults(cfg)
     reference = None
+    if cfg.reference == "torch" and not cfg.in_process:
+        from recipes import bench_fair
+
+        return bench_fair.compare(cfg, arch, batch_size, image_size)
     if cfg.reference == "torch":
-        torch_module, reference = _torch_reference(arch, batch_size, image_size, cfg.classes, cfg.seed)
+        torch_module, reference = _torch_reference(cfg, arch, batch_size, image_size)
+        print("in-process interleaved mode: NOT a fair comparison (both libraries share this process's "
+              "threads, allocators and caches); drop --in-process for one process per library", flush=True)
     import keras
     import tensorflow as tf
 
@@ -205,7 +255,8 @@ def run(cfg: BenchConfig) -> int:
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(settings["mixed_precision"])
     load_before = _load()
-    result = dict(model=arch, batch_size=batch_size, image_size=image_size, classes=cfg.classes,
+    result = dict(library="kcnn", model=arch, batch_size=batch_size, image_size=image_size,
+                  classes=cfg.classes, train=cfg.train,
                   steps=cfg.steps, epochs=cfg.epochs, device=settings["device"],
                   steps_per_execution=settings["steps_per_execution"],
                   jit_compile=settings["jit_compile"], mixed_precision=settings["mixed_precision"],
@@ -217,7 +268,8 @@ def run(cfg: BenchConfig) -> int:
                   load_average_before=load_before)
     work = (f"{cfg.cache_images} images" if cfg.feature_cache else
             f"{cfg.steps} steps, data {cfg.data}{' + prefetch' if cfg.prefetch else ''}")
-    print(f"kcnn bench: {arch}, batch {batch_size}, {image_size}x{image_size} px, {work} x {cfg.epochs} "
+    print(f"kcnn bench: {arch} (train {cfg.train}), batch {batch_size}, {image_size}x{image_size} px, "
+          f"{work} x {cfg.epochs} "
           f"epochs (+1 untimed); {settings['device']}, "
           f"steps_per_execution={settings['steps_per_execution']}, "
           f"jit_compile={settings['jit_compile']}, {settings['mixed_precision']}, "
@@ -225,12 +277,14 @@ def run(cfg: BenchConfig) -> int:
           f"TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
           f"load average {load_before}",
           flush=True)
+    peak_dtype = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(settings["mixed_precision"],
+                                                                                 "float32")
     try:
-        peak = perf.matmul_peak_gflops(cfg.peak_size) if cfg.peak_size else None
-        result["peak_gflops"] = None if peak is None else round(peak, 1)
+        peak = perf.matmul_peak_gflops(cfg.peak_size, dtype=peak_dtype) if cfg.peak_size else None
+        result.update(peak_gflops=None if peak is None else round(peak, 1), peak_dtype=peak_dtype)
         if peak:
-            print(f"matmul peak (float32, {cfg.peak_size}x{cfg.peak_size} through TensorFlow, best of 5): "
-                  f"{peak:,.0f} GFLOP/s", flush=True)
+            print(f"matmul peak ({peak_dtype}, {cfg.peak_size}x{cfg.peak_size} through TensorFlow, best of "
+                  f"5): {peak:,.0f} GFLOP/s", flush=True)
         with _jit(settings["jit_compile"] if cfg.jit_compile != "auto" else None):
             if cfg.feature_cache:
                 _bench_feature_cache(cfg, arch, batch_size, image_size, result)
@@ -253,9 +307,12 @@ def _bench_training(cfg, arch, batch_size, image_size, settings, peak, reference
     model = transfer.classifier(bb, cfg.classes)
     macs = count_macs(model, input_shape=(image_size, image_size, 3))
     result["macs_per_image"] = macs
-    result["params"] = int(model.count_params())
+    # The backbone's and the head's parameters; the preprocessing layer's constants (keras.applications' mean
+    # and variance) are not counted, as the PyTorch twins have no such layer.
+    result["params"] = int(model.count_params()) - _preprocess_params(model)
+    factor = 3 if cfg.train == "all" else 1
     print(f"MACs per image (forward, kcnn.count_macs): {macs / 1e6:,.1f} M; params {result['params']:,}; "
-          f"GFLOP/s = 2 x MACs x img/s, x3 for training (forward + backward)", flush=True)
+          f"GFLOP/s = 2 x MACs x img/s, x{factor} for training", flush=True)
     if reference is not None:
         from recipes import bench_torch
 
@@ -274,8 +331,8 @@ def _bench_training(cfg, arch, batch_size, image_size, settings, peak, reference
 
     timer = _epoch_timer(torch_epoch)
     train_ds = _synthetic(batch_size, image_size, cfg.classes, cfg.steps, cfg.data, cfg.prefetch, cfg.seed)
-    phase = transfer.Phase(epochs=cfg.epochs + 1, train="all", lr=0.01, optimizer="sgd", momentum=0.9,
-                           bn="train", name="bench")
+    phase = transfer.Phase(epochs=cfg.epochs + 1, train=cfg.train, lr=0.01, optimizer="sgd", momentum=0.9,
+                           bn="train" if cfg.train == "all" else "frozen", name="bench")
     transfer.fit_schedule(model, bb, [phase], train_ds, None, verbose=0, feature_cache=False,
                           steps_per_execution=settings["steps_per_execution"], callbacks=[timer])
     train_rates = _rate(images, timer.seconds[1:])
@@ -293,7 +350,7 @@ def _bench_training(cfg, arch, batch_size, image_size, settings, peak, reference
             if repeat:
                 torch_infer.append(seconds)
     infer_rates = _rate(images, infer_seconds)
-    train, train_gflops = _print_rate("training   kcnn", train_rates, macs, 3, peak)
+    train, train_gflops = _print_rate("training   kcnn", train_rates, macs, factor, peak)
     infer, infer_gflops = _print_rate("inference  kcnn", infer_rates, macs, 1, peak)
     result.update(images_per_sec=round(train, 1), images_per_sec_epochs=[round(r, 1) for r in train_rates],
                   train_gflops=round(train_gflops, 1),
@@ -308,7 +365,7 @@ def _bench_training(cfg, arch, batch_size, image_size, settings, peak, reference
     import torch
 
     t_rates, t_infer = _rate(images, torch_train), _rate(images, torch_infer)
-    t_train, t_train_gflops = _print_rate("training   torch", t_rates, macs, 3, peak)
+    t_train, t_train_gflops = _print_rate("training   torch", t_rates, macs, factor, peak)
     t_inf, t_infer_gflops = _print_rate("inference  torch", t_infer, macs, 1, peak)
     result["torch"] = dict(version=torch.__version__, threads=reference.threads,
                            images_per_sec=round(t_train, 1),
@@ -323,7 +380,7 @@ def _bench_training(cfg, arch, batch_size, image_size, settings, peak, reference
                   inference_ratio_vs_torch=round(_median(infer_pairs), 3))
     print(f"kcnn / torch ({torch.__version__}, {reference.threads} threads): training "
           f"{result['ratio_vs_torch']:.2f}x, inference {result['inference_ratio_vs_torch']:.2f}x "
-          f"(median of per-epoch ratios)", flush=True)
+          f"(median of per-epoch ratios; in-process, NOT a fair comparison)", flush=True)
 
 
 def _bench_feature_cache(cfg, arch, batch_size, image_size, result):

@@ -220,18 +220,182 @@ def test_torch_twins_have_kcnn_parameter_counts(arch, shape):
     assert bench_torch.count_params(bench_torch.build(arch, 10)) == model.count_params()
 
 
-@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 only")
-@pytest.mark.parametrize("setting, expected", [(None, "1 True"), ("0", "0 False")])
-def test_import_kcnn_turns_onednn_on_unless_the_user_chose(setting, expected):
-    """TensorFlow leaves oneDNN off on x86 CPUs without AVX-512 VNNI/BF16 or AMX (2x slower training on AVX2)."""
+def _fresh(code, env_value=None):
+    """Run ``code`` in a fresh interpreter without TF_ENABLE_ONEDNN_OPTS (or with it set to ``env_value``)."""
     import os
-    import subprocess
-    import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    if setting is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    code = "import os, kcnn; from kcnn import perf; print(os.environ['TF_ENABLE_ONEDNN_OPTS'], perf.onednn_enabled())"
+    if env_value is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = env_value
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == expected
+    return out.stdout.strip().splitlines()[-1]
+
+
+# kcnn/perf.py loaded on its own (not through kcnn/__init__), so enable_onednn's logic is tested before
+# TensorFlow is imported whatever the package imports eagerly.
+_LOAD_PERF = ("import importlib.util, os, sys; "
+              "spec = importlib.util.spec_from_file_location('perf_alone', %r); "
+              "perf = importlib.util.module_from_spec(spec); spec.loader.exec_module(perf); ")
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "False True 1"), ("0", "False False 0"),
+                                               ("1", "False True 1")])
+def test_enable_onednn_before_tensorflow_sets_only_an_unset_variable(setting, expected):
+    """TensorFlow leaves oneDNN off on x86 CPUs without AVX-512 VNNI/BF16 or AMX (slow training on AVX2)."""
+    code = (_LOAD_PERF % perf.__file__) + (
+        "tf_before = 'tensorflow' in sys.modules; on = perf.enable_onednn(); "
+        "print(tf_before, on, os.environ.get('TF_ENABLE_ONEDNN_OPTS'))")
+    assert _fresh(code, setting) == expected
+
+
+def test_enable_onednn_after_tensorflow_reports_tensorflow_state():
+    code = ("import os, tensorflow; from kcnn import perf; before = os.environ.get('TF_ENABLE_ONEDNN_OPTS'); "
+            "on = perf.enable_onednn(); "
+            "print(on == perf.onednn_enabled(), os.environ.get('TF_ENABLE_ONEDNN_OPTS') == before)")
+    assert _fresh(code, "0") == "True True"
+
+
+def test_import_kcnn_perf_changes_nothing_in_the_environment():
+    code = ("import os, sys; before = dict(os.environ); import kcnn.perf; "
+            "print(dict(os.environ) == before)")
+    assert _fresh(code) == "True"
+
+
+def test_onednn_enabled_is_tensorflow_answer():
+    from kcnn import _compat
+
+    assert perf.onednn_enabled() == _compat.tf_onednn_enabled()
+
+
+def test_bench_uses_no_keras_internals_directly():
+    import pathlib
+
+    text = pathlib.Path(bench.__file__).read_text()
+    assert "keras.src" not in text and "keras_trainer_class" in text
+
+
+# --- the fair comparison (one process per library) ----------------------------------------------------------
+
+def _fake_launch(rates):
+    """A launcher returning fixed per-epoch figures: (library, round) -> JSON, as the workers print it."""
+    calls = []
+
+    def launch(library, peak_size):
+        calls.append((library, peak_size))
+        index = sum(1 for name, _ in calls if name == library) - 1
+        return dict(images_per_sec_epochs=rates[library][index], inference_images_per_sec_repeats=[100.0],
+                    macs_per_image=1_000_000, peak_gflops=50.0 if peak_size else None, peak_dtype="float32",
+                    params=10, version="x", device="cpu")
+
+    return launch, calls
+
+
+def test_fair_orchestration_alternates_and_reports_median_ratio(capsys):
+    from recipes import bench_fair
+
+    rates = {"kcnn": [[100.0, 110.0], [90.0, 120.0], [105.0, 95.0]],
+             "torch": [[200.0, 190.0], [210.0, 180.0], [205.0, 195.0]]}
+    launch, calls = _fake_launch(rates)
+    result = bench_fair.orchestrate(3, 3, launch, peak_size=64)
+    out = capsys.readouterr().out
+    assert [c[0] for c in calls] == ["kcnn", "torch", "torch", "kcnn", "kcnn", "torch"]
+    assert [c[1] for c in calls if c[0] == "kcnn"] == [64, 0, 0]  # the peak only in the first round
+    kcnn_rates = [r for run in rates["kcnn"] for r in run]
+    assert result["kcnn"]["median"] == pytest.approx(np.median(kcnn_rates))
+    assert result["kcnn"]["best"] == 120.0
+    assert result["kcnn"]["spread"] == pytest.approx((120 - 90) / np.median(kcnn_rates), abs=1e-3)
+    assert result["ratio"] == pytest.approx(result["kcnn"]["median"] / result["torch"]["median"], abs=1e-3)
+    assert result["ratio_best"] == pytest.approx(120.0 / 210.0, abs=1e-3)
+    assert f"training {result['ratio']:.3f}x (median / median)" in out
+    assert result["kcnn"]["peak_fraction"] == pytest.approx(
+        3 * 2 * 1_000_000 * result["kcnn"]["median"] / 1e9 / 50.0, abs=1e-3)
+
+
+def test_fair_orchestration_reports_a_failed_worker_as_not_measured(capsys):
+    from recipes import bench_fair
+
+    def launch(library, peak_size):
+        if library == "kcnn":
+            return {"error": "the kcnn worker exited 1: No module named 'tensorflow'"}
+        return dict(images_per_sec_epochs=[10.0, 12.0], params=1)
+
+    result = bench_fair.orchestrate(2, 3, launch, peak_size=0)
+    out = capsys.readouterr().out
+    assert "kcnn  not measured: the kcnn worker exited 1: No module named 'tensorflow'" in out
+    assert "ratio" not in result and result["torch"]["median"] == 11.0
+
+
+def _figures(out):
+    import re
+
+    medians = dict(re.findall(r"^training\s+(kcnn|torch)\s+([\d,.]+) img/s median", out, re.M))
+    ratio = re.search(r"kcnn / torch: training ([\d.]+)x \(median / median\)", out).group(1)
+    return {k: float(v.replace(",", "")) for k, v in medians.items()}, float(ratio)
+
+
+@pytest.mark.slow
+def test_fair_mode_end_to_end_in_subprocesses(capsys):
+    """Two real worker processes (TensorFlow and PyTorch start-up: slow on a busy 2-core machine)."""
+    pytest.importorskip("torch")
+    code = bench.main(["--reference", "torch", "--rounds", "1", "--steps", "2", "--epochs", "1",
+                       "--batch-size", "8", "--peak-size", "64", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = _last_json(out)
+    medians, ratio = _figures(out)
+    assert medians["kcnn"] > 0 and medians["torch"] > 0
+    assert ratio == pytest.approx(medians["kcnn"] / medians["torch"], abs=1e-3)
+    assert result["kcnn"]["params"] == result["torch"]["params"] == RESNET20_PARAMS
+    assert result["kcnn"]["macs_per_image"] == result["torch"]["macs_per_image"] == RESNET20_MACS
+
+
+def test_in_process_mode_is_labelled_unfair(capsys):
+    pytest.importorskip("torch")
+    code = bench.main(["--reference", "torch", "--in-process", "--steps", "2", "--epochs", "1",
+                       "--batch-size", "8", "--peak-size", "0", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "NOT a fair comparison" in out
+    assert _last_json(out)["torch"]["images_per_sec"] > 0
+
+
+def test_bench_head_only_phase(capsys):
+    code = bench.main(["--train", "head", "--steps", "2", "--batch-size", "4", "--epochs", "1",
+                       "--peak-size", "0", "--json"])
+    result = _last_json(capsys.readouterr().out)
+    assert code == 0 and result["train"] == "head" and result["images_per_sec"] > 0
+
+
+@pytest.mark.parametrize("arch,size", [("vgg16", 32), ("VGG16", 32), ("resnet50", 64), ("ResNet50", 64)])
+def test_torch_twins_match_the_bench_model(arch, size):
+    """The twin has the parameters and MACs of classifier(backbone(arch)), the model the bench times."""
+    pytest.importorskip("torch")
+    from kcnn import count_macs, transfer
+    from recipes import bench_torch
+
+    model = transfer.classifier(transfer.backbone(arch, None, (size, size, 3)), 10)
+    twin = bench_torch.build(arch, 10)
+    constants = sum(layer.count_params() for layer in model.layers if layer.name == "preprocess")
+    assert bench_torch.count_params(twin) == model.count_params() - constants
+    # keras.applications' preprocessing (a few ops per pixel) is all the arithmetic the twin leaves out.
+    macs = count_macs(model, input_shape=(size, size, 3))
+    assert bench_torch.count_macs(twin, size) == (macs if not constants else pytest.approx(macs, rel=1e-3))
+
+
+def test_torch_worker_head_only_trains_only_the_last_layer(capsys):
+    torch = pytest.importorskip("torch")
+    from recipes import bench_torch
+
+    ref = bench_torch.Reference("resnet20", 4, 16, train="head")
+    before = [p.detach().clone() for p in ref.model.parameters()]
+    ref.train_epoch(1)
+    changed = [not torch.equal(a, b.detach()) for a, b in zip(before, ref.model.parameters())]
+    assert changed[-2:] == [True, True] and not any(changed[:-2])
+    assert bench_torch.main(["--model", "resnet20", "--batch-size", "4", "--image-size", "16", "--steps", "1",
+                             "--epochs", "1", "--peak-size", "32", "--json"]) == 0
+    result = _last_json(capsys.readouterr().out)
+    assert result["images_per_sec_epochs"][0] > 0 and result["device"] == "cpu"
+    if not torch.cuda.is_available():
+        assert bench_torch.main(["--device", "cuda"]) == 2  # one line naming the reason, not a traceback
+        assert "PyTorch sees no GPU" in capsys.readouterr().err
