@@ -42,13 +42,14 @@ from kcnn.data.glyphs import (
 )
 from kcnn.data.arrays import _array_parts
 from kcnn.data.folders import FOLDER_MEMORY_BYTES, _folder_parts
-from kcnn.data.splits import Splits, _subset_part
+from kcnn.data.pipeline import balanced_class_weights
+from kcnn.data.splits import CLASS_WEIGHTS, Splits, _subset_part, class_weight_mode
 from kcnn.data.tfds import _tfds_parts
 
 __all__ = [
-    "AUGMENTS", "DataError", "DataNotFoundError", "FOLDER_MEMORY_BYTES", "GLYPH_CLASSES", "GLYPHS_DEFAULT_EXAMPLES", "GlyphBank",
-    "IMAGE_EXTENSIONS", "SPLITS", "Splits", "glyph_bank", "load", "make_glyphs", "pipeline_throughput",
-    "render_counts",
+    "AUGMENTS", "CLASS_WEIGHTS", "DataError", "DataNotFoundError", "FOLDER_MEMORY_BYTES", "GLYPH_CLASSES",
+    "GLYPHS_DEFAULT_EXAMPLES", "GlyphBank", "IMAGE_EXTENSIONS", "SPLITS", "Splits", "balanced_class_weights",
+    "glyph_bank", "load", "make_glyphs", "pipeline_throughput", "render_counts",
 ]
 
 _SOURCE_CHOICES = ("'digits', 'glyphs', 'glyphs:N', 'glyphs:N:CHARS', 'tfds:NAME', 'tfds:NAME/CONFIG', "
@@ -60,7 +61,8 @@ _GLYPHS_ALIAS = "shapes"
 def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1, test_fraction: float = 0.2,
          seed: int = 0, augment: str | None = None, cache: bool | str = True, limit: int | None = None,
          per_class: int | None = None, num_examples: int | None = None,
-         class_names: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None) -> Splits:
+         class_names: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None,
+         class_weight: str | None = None) -> Splits:
     """Load a data source as batched train / val / test ``tf.data`` pipelines.
 
     Splits are stratified by class and seeded: ``"digits"`` uses all 1,797 images, ``val_fraction`` and
@@ -108,6 +110,9 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
         class_names: Class names for an ``(x, y)`` source; defaults to ``"0"``, ``"1"``, ...
         data_dir: tfds data folder; defaults to ``$TFDS_DATA_DIR``, then tfds' default
             (``~/tensorflow_datasets``).
+        class_weight: ``None`` or ``"balanced"``: training batches become ``(images, labels, sample_weights)``
+            weighted ``n / (n_classes * count[label])`` (:meth:`Splits.with_class_weight`); val and test
+            are never weighted.
 
     Returns:
         A :class:`Splits` with ``train``, ``val``, ``test``, ``class_names``, ``num_examples``, ``skipped``
@@ -138,6 +143,7 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
         raise ValueError(f"`seed` must be a non-negative int. Received: seed={seed!r}")
     seed = int(seed)
     augment = _augment_name(augment)
+    class_weight = class_weight_mode(class_weight)
     if not isinstance(cache, (bool, str, os.PathLike)):
         raise ValueError(f"`cache` must be True, False or a file path prefix. Received: cache={cache!r}")
     if limit is not None:
@@ -174,7 +180,8 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
     elif kind == "folder":
         names, parts, skipped = _folder_parts(arg, size, fractions, seed, cache)
     else:
-        names, parts = _tfds_parts(arg, size, fractions, seed, cache, data_dir, limit, per_class)
+        tfds_cache = True if cache == "memory" else cache  # tfds caches in memory with True
+        names, parts = _tfds_parts(arg, size, fractions, seed, tfds_cache, data_dir, limit, per_class)
     if kind != "tfds" and (limit is not None or per_class is not None):
         parts["train"] = _subset_part(parts["train"], names, seed, limit, per_class)
     if parts["train"].num_examples == 0:
@@ -185,7 +192,7 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
     splits = Splits(train=None, val=None, test=None, class_names=list(names),
                     num_examples={s: parts[s].num_examples for s in SPLITS}, skipped=skipped, image_size=size,
                     batch_size=batch_size, source=label, augment=augment, seed=seed,
-                    _parts=parts)
+                    class_weight=class_weight, _parts=parts)
     splits.train = splits.dataset("train", training=True)
     splits.val = splits.dataset("val")
     splits.test = splits.dataset("test")
@@ -225,8 +232,7 @@ def pipeline_throughput(splits: Splits, *, steps: int = 100, warmup: int = 5, sp
     images = 0
     start = time.perf_counter()
     for _ in range(steps):
-        x, _ = next(it)
-        images += int(x.shape[0])
+        images += int(next(it)[0].shape[0])
     return images / (time.perf_counter() - start)
 
 

@@ -16,6 +16,9 @@ In-memory and file-backed parts (:class:`_MemoryPart`, ``kcnn.data.folders._File
 ``index`` the examples ``index, index + count, ...`` of the split (a fixed set of files per worker), shuffled
 per epoch; a shard one example short of ``ceil(n / count)`` repeats its epoch's first example, so every shard
 has the same number of batches.
+
+Class weights (``Splits.with_class_weight("balanced")``) are one more deterministic map at the end, label ->
+weight, so a weighted epoch ``E`` has exactly the images and labels of the unweighted epoch ``E``.
 """
 from __future__ import annotations
 
@@ -99,6 +102,11 @@ class _Part:
     def take(self, keep: np.ndarray) -> "_Part":
         raise NotImplementedError  # pragma: no cover
 
+    def labels(self) -> np.ndarray:
+        """The int32 labels in the split's fixed order, without decoding images where the part holds them."""
+        y = getattr(self, "y", None)
+        return np.asarray(y, np.int32) if y is not None else np.asarray(self.numpy()[1], np.int32)
+
 
 class _MemoryPart(_Part):
     """Examples held as numpy arrays; batches are gathered by index, then ``render`` makes float32 images."""
@@ -153,6 +161,10 @@ class _StreamPart(_Part):
         return ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
                                         num_parallel_calls=tf.data.AUTOTUNE)
 
+    def labels(self):
+        chunks = [y.numpy() for y in self.ds.map(lambda x, y: y).batch(4096)]
+        return np.concatenate(chunks).astype(np.int32) if chunks else np.zeros((0,), np.int32)
+
     def numpy(self):
         xs, ys = [], []
         for x, y in self.batches(256, None):
@@ -161,6 +173,38 @@ class _StreamPart(_Part):
         if not xs:
             return np.zeros((0,) + self.image_size + (3,), np.float32), np.zeros((0,), np.int32)
         return np.concatenate(xs), np.concatenate(ys)
+
+
+def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
+    """scikit-learn's "balanced" weights per class: ``n_samples / (n_classes * count[class])``.
+
+    ``n_classes`` counts the classes present in ``labels`` (as scikit-learn's ``compute_class_weight`` does
+    with the classes it is given, which must all be present), so the weights average 1 over the examples; a
+    class with no example gets weight 0 (it never occurs).
+
+    Args:
+        labels: Integer labels in ``[0, num_classes)``.
+        num_classes: Length of the returned array.
+
+    Returns:
+        float32 ``(num_classes,)``.
+
+    Example:
+        >>> balanced_class_weights([0] * 90 + [1] * 10, 2)
+        array([0.5555556, 5.       ], dtype=float32)
+    """
+    counts = np.bincount(np.asarray(labels, np.int64).reshape(-1), minlength=num_classes)[:num_classes]
+    present = int((counts > 0).sum())
+    weights = np.zeros(num_classes, np.float64)
+    if present:
+        weights[counts > 0] = counts.sum() / (present * counts[counts > 0])
+    return weights.astype(np.float32)
+
+
+def _with_weights(ds: tf.data.Dataset, weights) -> tf.data.Dataset:
+    """``(images, labels)`` batches -> ``(images, labels, weights[labels])``: a pure function of the label."""
+    table = tf.constant(np.asarray(weights, np.float32))
+    return ds.map(lambda x, y: (x, y, tf.gather(table, y)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class _LazyArrays(Mapping):
@@ -184,11 +228,12 @@ class _LazyArrays(Mapping):
 
 
 def _pipeline(part: _Part, batch_size: int, shuffle_seed: int | None, augment: str | None, size, *,
-              epoch=None, prefetch: bool = True, shard=None) -> tf.data.Dataset:
+              epoch=None, prefetch: bool = True, shard=None, weights=None) -> tf.data.Dataset:
     """Batches of ``part``: shuffled when ``shuffle_seed`` is set (per ``epoch`` if given), then augmented.
 
     With ``shard=(index, count)`` only that shard's examples, and tf.data's auto-sharding turned off (the
-    dataset is already one worker's share).
+    dataset is already one worker's share). With ``weights`` (one per class) each batch also carries its
+    examples' weights.
     """
     ds = part.batches(batch_size, shuffle_seed, epoch, shard)
     if augment is not None:
@@ -209,6 +254,8 @@ def _pipeline(part: _Part, batch_size: int, shuffle_seed: int | None, augment: s
                 lambda i, batch: _augment_batch(batch[0], batch[1],
                                                 tf.random.experimental.stateless_fold_in(key, i), pad, flip),
                 num_parallel_calls=tf.data.AUTOTUNE)
+    if weights is not None:
+        ds = _with_weights(ds, weights)
     if shard is not None:
         ds = _no_auto_shard(ds)
     return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds

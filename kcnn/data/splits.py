@@ -2,6 +2,7 @@
 logic."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,7 +11,13 @@ import numpy as np
 import tensorflow as tf
 
 from kcnn.data.errors import SPLITS, DataError, _positive_int
-from kcnn.data.pipeline import _LazyArrays, _MemoryPart, _Part, _no_auto_shard, _pipeline, _shard_size, _shard_value
+from kcnn.data.pipeline import (
+    _LazyArrays, _MemoryPart, _Part, _StreamPart, _no_auto_shard, _pipeline, _shard_size, _shard_value,
+    balanced_class_weights,
+)
+
+#: The values of ``class_weight`` (``None`` for unweighted batches).
+CLASS_WEIGHTS = ("balanced",)
 
 
 @dataclass
@@ -35,6 +42,10 @@ class Splits:
             ``"shapes"`` alias as ``"glyphs"``).
         augment: The augmentation applied to ``train`` (``None`` for none).
         seed: The seed of the split, the subset, the shuffling and the augmentation.
+        class_weight: ``None`` (batches are ``(images, labels)``) or ``"balanced"``: every batch of the
+            training split is ``(images, labels, sample_weights)`` with weight ``n / (k * count[label])``
+            (scikit-learn's "balanced"; :attr:`class_weights`), which Keras' ``fit`` and kcnn's engines apply
+            to the loss. Validation and test batches are never weighted. See :meth:`with_class_weight`.
     """
 
     train: tf.data.Dataset
@@ -48,14 +59,19 @@ class Splits:
     source: str = ""
     augment: str | None = None
     seed: int = 0
+    class_weight: str | None = None
     _parts: dict = field(default_factory=dict, repr=False)
     _arrays: _LazyArrays | None = field(default=None, repr=False)
+    _weights: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.class_weight = class_weight_mode(self.class_weight)
 
     def __repr__(self) -> str:
         return (f"Splits(source={self.source!r}, image_size={self.image_size}, "
                 f"classes={len(self.class_names)}, "
                 f"num_examples={self.num_examples}, batch_size={self.batch_size}, augment={self.augment!r}, "
-                f"skipped={len(self.skipped)})")
+                f"class_weight={self.class_weight!r}, skipped={len(self.skipped)})")
 
     @property
     def num_classes(self) -> int:
@@ -80,6 +96,64 @@ class Splits:
         if self._arrays is None:
             self._arrays = _LazyArrays(self._parts)
         return self._arrays
+
+    def labels(self, split: str = "train") -> np.ndarray:
+        """The int32 labels of ``split`` in its fixed order (what ``arrays[split][1]`` holds), read without
+        decoding images for in-memory and folder sources (a tfds split is read once)."""
+        if self._arrays is not None and split in getattr(self._arrays, "_done", {}):
+            return self._arrays[split][1]
+        return self._split(split).labels()
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        """Examples per class in ``split``: int64 ``(num_classes,)``, index ``i`` for ``class_names[i]``."""
+        labels = self.labels(split)
+        return np.bincount(labels.astype(np.int64), minlength=self.num_classes)[:self.num_classes]
+
+    @property
+    def class_weights(self) -> np.ndarray | None:
+        """The training weight of each class (float32 ``(num_classes,)``), or ``None`` when unweighted.
+
+        For ``"balanced"``: ``n_train / (n_present_classes * count[class])``, a class without training
+        examples 0; the weights average 1 over the training examples.
+
+        Example:
+            >>> from kcnn.data import load
+            >>> x, y = np.full((100, 8, 8), 128.0), np.array([0] * 90 + [1] * 10)
+            >>> splits = load((x, y), image_size=8, val_fraction=0, test_fraction=0, class_weight="balanced")
+            >>> splits.class_weights
+            array([0.5555556, 5.       ], dtype=float32)
+        """
+        if self.class_weight is None:
+            return None
+        if self._weights is None:
+            self._weights = balanced_class_weights(self.labels("train"), self.num_classes)
+        return self._weights
+
+    def with_class_weight(self, class_weight: str | None) -> "Splits":
+        """The same splits with training batches weighted by class (``"balanced"``) or not (``None``).
+
+        Every pipeline of the training split (``train``, ``dataset("train", ...)`` with or without
+        ``training`` -- a feature cache of the fixed order keeps the weights -- and :meth:`epochs`) then
+        yields ``(images, labels, sample_weights)``, the images and labels exactly those of the unweighted
+        splits (same ``(seed, epoch)`` order and augmentation). Validation and test stay ``(images, labels)``.
+        Keras' ``fit`` ignores its ``class_weight`` argument for some dataset inputs; per-example weights in
+        the batches work with ``fit``, `kcnn.transfer.fit_schedule` and `kcnn.distribute` alike.
+
+        Args:
+            class_weight: ``"balanced"`` or ``None`` (also ``"none"``).
+
+        Returns:
+            A new :class:`Splits` sharing this one's data (and its materialized ``arrays``).
+
+        Raises:
+            ValueError: Any other value.
+        """
+        out = dataclasses.replace(self, class_weight=class_weight_mode(class_weight), _weights=None)
+        out.train = out.dataset("train", training=True)
+        return out
+
+    def _train_weights(self, split: str):
+        return self.class_weights if split == "train" else None
 
     def _split(self, split: str) -> _Part:
         if split not in self._parts:
@@ -109,7 +183,8 @@ class Splits:
                 is turned off on a sharded dataset. Not for tfds sources (their files are auto-sharded).
 
         Returns:
-            A ``tf.data.Dataset`` of ``(float32 images, int32 labels)`` batches.
+            A ``tf.data.Dataset`` of ``(float32 images, int32 labels)`` batches, plus float32 sample weights
+            for the training split when :attr:`class_weight` is set.
 
         Example:
             >>> from kcnn.data import load
@@ -127,7 +202,7 @@ class Splits:
                                  f"training=True with it. Received: epoch={epoch!r}, training=False")
             epoch = _epoch_value(epoch)
         return _pipeline(part, batch, self.seed if training else None, self.augment if training else None,
-                         self.image_size, epoch=epoch, shard=shard)
+                         self.image_size, epoch=epoch, shard=shard, weights=self._train_weights(split))
 
     def steps_per_epoch(self, split: str = "train", *, shard=None) -> int:
         """Batches in one epoch of ``split``: ``ceil(num_examples / batch_size)``; the last may be smaller.
@@ -154,7 +229,8 @@ class Splits:
                 ``steps_per_epoch(split, shard=shard)`` batches.
 
         Returns:
-            A ``tf.data.Dataset`` of ``(float32 images, int32 labels)`` batches.
+            A ``tf.data.Dataset`` of ``(float32 images, int32 labels)`` batches (plus sample weights when
+            :attr:`class_weight` is set and ``split`` is ``"train"``).
 
         Example:
             >>> from kcnn.data import load
@@ -170,12 +246,30 @@ class Splits:
         if end < first:
             raise ValueError(f"`end` must not be below `first`. Received: first={first}, end={end}")
         seed, augment, size, batch = self.seed, self.augment, self.image_size, self.batch_size
+        weights = self._train_weights(split)
 
         def one_epoch(e):
-            return _pipeline(part, batch, seed, augment, size, epoch=e, prefetch=False, shard=shard)
+            return _pipeline(part, batch, seed, augment, size, epoch=e, prefetch=False, shard=shard,
+                             weights=weights)
 
-        ds = tf.data.Dataset.range(int(first), int(end)).flat_map(one_epoch)
+        if isinstance(part, _StreamPart):
+            # a tfds stream shuffles with Dataset.shuffle, whose seed must be a Python int here: a tensor seed
+            # fails inside TensorFlow's get_seed when the global seed is 0 (keras.utils.set_random_seed(0))
+            ds = tf.data.Dataset.range(0).flat_map(one_epoch) if end == first else None
+            for e in range(int(first), int(end)):
+                ds = one_epoch(e) if ds is None else ds.concatenate(one_epoch(e))
+        else:
+            ds = tf.data.Dataset.range(int(first), int(end)).flat_map(one_epoch)
         return (ds if shard is None else _no_auto_shard(ds)).prefetch(tf.data.AUTOTUNE)
+
+
+def class_weight_mode(class_weight) -> str | None:
+    """``class_weight`` checked: ``None`` (or ``"none"``) -> None, ``"balanced"`` -> "balanced"."""
+    if class_weight is None or (isinstance(class_weight, str) and class_weight.lower() == "none"):
+        return None
+    if isinstance(class_weight, str) and class_weight.lower() in CLASS_WEIGHTS:
+        return class_weight.lower()
+    raise ValueError(f"`class_weight` must be None or 'balanced'. Received: class_weight={class_weight!r}")
 
 
 def _epoch_value(epoch):
