@@ -25,6 +25,9 @@ _SUBMODULES = ("arithmetic", "convert", "data", "distribute", "layers", "model_s
 
 __all__ = sorted(_EXPORTS)
 
+if "keras" in __import__("sys").modules:  # Keras is loaded already: register kcnn's fused batch norm, so that
+    from kcnn import perf as _perf  # noqa: F401   a .keras file saved by kcnn < 0.2 loads after `import kcnn`
+
 
 def __getattr__(name):
     import importlib

@@ -15,13 +15,22 @@ def figure(*, figsize) -> Figure:
     return fig
 
 
-def learning_curves(history: list[dict], path, title: str = "") -> Path:
+def _values(rows, key):
+    values = [row.get(key) for row in rows]
+    return None if all(v in (None, "") for v in values) else [np.nan if v in (None, "") else float(v)
+                                                              for v in values]
+
+
+def learning_curves(history: list[dict], path, title: str = "", comparison: list[dict] | None = None,
+                    comparison_label: str = "from scratch") -> Path:
     """Plot loss and accuracy per epoch (train and val) with dashed lines where a new phase starts.
 
     Args:
         history: Rows with ``epoch`` and optionally ``phase``, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``.
         path: Output PNG path.
         title: Figure title.
+        comparison: Rows of another run drawn beside (thin grey lines), e.g. the same network from scratch.
+        comparison_label: Its name in the legend.
 
     Returns:
         The path written.
@@ -29,11 +38,16 @@ def learning_curves(history: list[dict], path, title: str = "") -> Path:
     fig = figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
+    marker = "o" if len(history) <= 40 else None
     for ax, metric in zip(axes, ("loss", "accuracy")):
-        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
-            values = [row.get(key) for row in history]
-            if any(v not in (None, "") for v in values):
-                ax.plot(epochs, [np.nan if v in (None, "") else float(v) for v in values], style, label=key, ms=3)
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            values = _values(history, key)
+            if values is not None:
+                ax.plot(epochs, values, style, marker=marker, label=key, ms=3)
+            other = _values(comparison or [], key)
+            if other is not None:
+                ax.plot([row["epoch"] for row in comparison], other, style, color="gray", lw=1,
+                        label=f"{key} ({comparison_label})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

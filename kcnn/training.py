@@ -78,11 +78,12 @@ def versions() -> dict:
 
 
 def finish_run(run: RunDir, model, *, test_ds, class_names, history, seed, extra: dict | None = None,
-               title: str = "", before_report=None) -> dict:
+               title: str = "", before_report=None, comparison: list[dict] | None = None) -> dict:
     """Evaluate on test and write model.keras, labels.json, history.csv, the plots, then report.json.
 
     report.json is written last and atomically: a folder with it is a finished run. ``before_report(run)``
-    writes what must exist before that (e.g. a pretraining checkpoint's metadata)."""
+    writes what must exist before that (e.g. a pretraining checkpoint's metadata). ``comparison``: history rows
+    drawn beside the run's in curves.png (the from-scratch comparison)."""
     metrics = evaluate(model, test_ds, class_names)
     report = {
         **{k: metrics[k] for k in ("test_accuracy", "test_loss", "test_examples", "per_class")},
@@ -96,8 +97,9 @@ def finish_run(run: RunDir, model, *, test_ds, class_names, history, seed, extra
     }
     atomic_write_text(run.path / "labels.json", json.dumps(list(map(str, class_names)), indent=1))
     write_history_csv(run.path / "history.csv", history)
-    plots.learning_curves(history, run.path / "curves.png", title=title)
+    plots.learning_curves(history, run.path / "curves.png", title=title, comparison=comparison)
     plots.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run.path / "confusion.png")
+    report.update(_interpretation(run, model, test_ds, class_names, metrics["confusion_matrix"]))
     # uncompiled (the last phase's optimizer is of no use to someone who loads it), loadable without kcnn
     perf.save_portable(keras.Model(model.inputs, model.outputs, name=model.name), run.path / "model.keras")
     if before_report is not None:
@@ -108,6 +110,23 @@ def finish_run(run: RunDir, model, *, test_ds, class_names, history, seed, extra
 
 
 # --- jobs: what the recipes run, usable from Python too ----------------------------------------------------------
+
+def _interpretation(run: RunDir, model, test_ds, class_names, confusion) -> dict:
+    """top_losses.png, gradcam.png and the report's most confused pairs and highest-loss test images."""
+    from kcnn import interpret
+
+    worst = interpret.top_losses(model, test_ds, class_names, k=9)
+    interpret.plot_top_losses(worst, test_ds, class_names, run.path / "top_losses.png")
+    shown = worst[:6]
+    images = interpret.images_at(test_ds, [r["index"] for r in shown])
+    try:
+        maps = interpret.gradcam(model, images)
+        interpret.plot_gradcam(images, maps, [f"{r['true']} / {r['predicted']} ({r['probability']:.2f})"
+                                              for r in shown], run.path / "gradcam.png")
+    except ValueError:  # a model without a spatial (4-D) feature map has nothing to map
+        pass
+    return {"confused_pairs": interpret.confused_pairs(confusion, class_names, k=5), "top_losses": worst}
+
 
 def cache_root() -> Path:
     """Where kcnn caches pretrained checkpoints: ``$KCNN_CACHE``, else ``$XDG_CACHE_HOME/kcnn``, else ~/.cache/kcnn."""

@@ -3,8 +3,9 @@
 1. check every input           the recipe's ``check`` (flags), then the run folder (`kcnn.runs.RunDir.check`):
                                a refusal writes nothing
 2. strategy and seed           before anything starts TensorFlow's runtime (logical CPU devices, collectives)
-3. data, then the model        under the strategy's scope; bad data, backbone names or weight files fail here,
-                               still before anything is written to --out
+3. data, model, checks         under the strategy's scope; bad data, backbone names or weight files fail here,
+                               then the pre-flight checks (kcnn.checks: a "fail" refuses to train), still
+                               before anything is written to --out
 4. open the run folder         the marker first, then config.toml and state.json (the chief's; other workers of
                                a multiworker run write a temporary folder they delete)
 5. fit                         `kcnn.training.fit_run`: per-epoch checkpoints, exact resume, one history
@@ -78,18 +79,24 @@ def execute(job: Job) -> int:
         from kcnn import transfer
 
         transfer.make_plan(model, bb, job.schedule)  # a schedule block the backbone lacks fails here
+        from kcnn import checks
+
+        found = checks.preflight(model, bb, splits, job.schedule, image_size=splits.image_size)
+        if cfg.verbose and distribute.is_chief(strategy):
+            print(checks.format_checks(found), flush=True)
+        checks.raise_on_fail(found)  # a "fail" refuses to train, before anything is written
         run.open()
         history = training.fit_run(run, model, bb, job.schedule, splits, strategy=strategy,
                                    augmented=job.augmented, verbose=cfg.verbose)
     if distribute.finish_worker(run, strategy):
         return 0
-    extra = {"distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync,
+    extra = {"checks": found, "distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync,
              "skipped_files": [{"path": str(path), "reason": reason} for path, reason in splits.skipped]}
     if job.extra is not None:
         extra.update(job.extra(run, model, bb, splits, strategy))
     hook = None if job.before_report is None else (lambda run_: job.before_report(run_, model, bb, splits))
     report = training.finish_run(run, model, test_ds=splits.test, class_names=splits.class_names,
                                  history=history, seed=cfg.seed, extra=extra, title=job.title(bb),
-                                 before_report=hook)
+                                 before_report=hook, comparison=run.state.get("comparison_history"))
     print(job.describe(report, run), flush=True)
     return 0

@@ -13,6 +13,7 @@ both test accuracies are reported.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,12 @@ class FinetuneConfig:
     schedule: str = field(default="demo", metadata={"help": "preset (demo, lecture, two-phase, gradual) or a "
                                                     "TOML/JSON schedule file"})
     epochs: int | None = field(default=None, metadata={"help": "total epochs; rescales the schedule's phases"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate of the first phase; every phase's rate "
+                                                     "is scaled by the same factor (e.g. what python -m "
+                                                     "recipes.lr_find suggests)"})
+    class_weight: str = field(default="none", metadata={"help": "none | balanced (weights each training image by "
+                                                        "n / (classes x its class's count))",
+                                                        "choices": ["none", "balanced"]})
     batch_size: int = field(default=32, metadata={"help": "images per step"})
     head: str = field(default="gap", metadata={"help": "gap | dense | conv", "choices": ["gap", "dense", "conv"]})
     dropout: float = field(default=0.0, metadata={"help": "dropout in the new head (with --hidden)"})
@@ -78,6 +85,8 @@ def check(cfg: FinetuneConfig) -> None:
             raise _cli.UsageError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(cfg, name)}")
     if cfg.epochs is not None and cfg.epochs < 1:
         raise _cli.UsageError(f"--epochs must be >= 1; got {cfg.epochs}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise _cli.UsageError(f"--lr must be > 0; got {cfg.lr}")
     if cfg.per_class < -1:
         raise _cli.UsageError(f"--per-class must be >= 0 (or -1 for the default); got {cfg.per_class}")
     if cfg.dropout < 0 or cfg.dropout >= 1:
@@ -97,6 +106,9 @@ def schedule_of(cfg: FinetuneConfig):
 
     schedule = transfer.Schedule([transfer.Phase(**p) for p in DEMO_SCHEDULE]) if cfg.schedule == "demo" \
         else transfer.load_schedule(cfg.schedule)
+    if cfg.lr is not None:
+        factor = cfg.lr / schedule[0].lr
+        schedule = transfer.Schedule([dataclasses.replace(p, lr=p.lr * factor) for p in schedule])
     return schedule.scale_epochs(cfg.epochs) if cfg.epochs is not None else schedule
 
 
@@ -112,7 +124,8 @@ def run(cfg: FinetuneConfig) -> int:
         from kcnn import data as kdata
 
         return kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
-                          per_class=per_class or None, augment=None if cfg.augment == "none" else cfg.augment)
+                          per_class=per_class or None, augment=None if cfg.augment == "none" else cfg.augment,
+                          class_weight=cfg.class_weight)
 
     def build(splits):
         from kcnn import training, transfer
@@ -166,12 +179,14 @@ def _scratch(cfg, run_dir, bb, schedule, splits, hidden) -> dict:
                                              bn="train", name="scratch")])
     if cfg.verbose:
         print(f"training {bb.name} from scratch on the same data for comparison", flush=True)
-    transfer.fit_schedule(model, fresh, plan, splits, verbose=cfg.verbose, augmented=cfg.augment != "none",
-                          feature_cache=False)
+    history = transfer.fit_schedule(model, fresh, plan, splits, verbose=cfg.verbose,
+                                    augmented=cfg.augment != "none", feature_cache=False)
     metrics = training.evaluate(model, splits.test, splits.class_names)
     result = {"scratch_test_accuracy": metrics["test_accuracy"],
               "scratch_seconds": round(time.perf_counter() - started, 1)}
-    run_dir.save_extra("scratch", result)
+    keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+    run_dir.save_extra("comparison_history", [{k: row[k] for k in keys if k in row} for row in history.epochs])
+    run_dir.save_extra("scratch", result)  # last: a run with it skips the comparison when resumed
     return result
 
 

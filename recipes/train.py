@@ -44,6 +44,9 @@ class TrainConfig:
     augment: str | None = field(default=None, metadata={"help": "none | standard | crop (default: the preset's)",
                                                          "choices": ["none", "standard", "crop"]})
     norm: str = field(default="batch", metadata={"help": "batch | none", "choices": ["batch", "none"]})
+    class_weight: str = field(default="none", metadata={"help": "none | balanced (weights each training image by "
+                                                        "n / (classes x its class's count))",
+                                                        "choices": ["none", "balanced"]})
     out: str | None = field(default=None, metadata={"help": "run folder (default runs/train-<time>)"})
     resume: bool = field(default=False, metadata={"help": "continue the interrupted run in --out"})
     overwrite: bool = field(default=False, metadata={"help": "replace the kcnn run in --out (never another "
@@ -91,7 +94,7 @@ def run(cfg: TrainConfig) -> int:
         from kcnn import data as kdata
 
         return kdata.load(cfg.data, image_size=cfg.image_size, batch_size=batch_size, seed=cfg.seed,
-                          augment=None if augment == "none" else augment)
+                          augment=None if augment == "none" else augment, class_weight=cfg.class_weight)
 
     def build(splits):
         options = {"norm": None if cfg.norm == "none" else "batch"}

@@ -31,12 +31,17 @@ def test_finetune_writes_a_complete_run_folder(tmp_path, capsys):
     assert finetune.main(TINY + ["--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"model.keras", "labels.json", "config.toml", "history.csv", "report.json", "curves.png",
-            "confusion.png", "logs"} <= names
+            "confusion.png", "logs", "top_losses.png", "gradcam.png", "kcnn-run.json"} <= names
     assert "state.json" not in names and not list(out.glob("checkpoint-*"))
     report = json.loads((out / "report.json").read_text())
     assert 0.0 <= report["test_accuracy"] <= 1.0 and 0.0 <= report["scratch_test_accuracy"] <= 1.0
     assert report["test_examples"] == 359 and report["train_examples"] == 30
     assert [p["name"] for p in report["phases"]] == ["head", "fine-tune"]
+    assert [c["name"] for c in report["checks"]] == ["input range", "frozen batch norm", "class balance",
+                                                     "image size", "duplicates", "learning rates"]
+    assert all(c["status"] in ("ok", "warn") for c in report["checks"])
+    assert len(report["top_losses"]) == 9 and report["top_losses"][0]["loss"] >= report["top_losses"][-1]["loss"]
+    assert all(p["true"] != p["predicted"] for p in report["confused_pairs"])
     assert set(report["per_class"]["3"]) == {"precision", "recall", "support"}
     rows = _history(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2] and [r["phase"] for r in rows] == ["head", "fine-tune"]
@@ -132,12 +137,14 @@ def test_model_keras_loads_where_kcnn_is_not_installed(tmp_path):
     # Keras imports the module a config names: a file that needed kcnn would import it while loading
     code = ("import sys, keras, numpy as np; "
             f"m = keras.saving.load_model({str(out / 'model.keras')!r}, safe_mode=True); "
-            "print(m.predict(np.zeros((2, 12, 12, 3), 'float32'), verbose=0).shape, "
-            "any(k.startswith('kcnn') for k in sys.modules))")
+            "x = np.random.default_rng(0).uniform(0, 255, (4, 20, 20, 3)).astype('float32'); "
+            "gap = float(np.abs(np.asarray(m(x)) - np.asarray(m(x, training=False))).max()); "
+            "print(m.predict(x[:2], verbose=0).shape, any(k.startswith('kcnn') for k in sys.modules), gap)")
     done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "(2, 10) False"
+    # a plain call runs in inference mode (batch norm trained in the last phase must not use batch statistics)
+    assert done.stdout.strip().splitlines()[-1] == "(2, 10) False 0.0"
 
 
 @pytest.mark.slow

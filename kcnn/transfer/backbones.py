@@ -238,7 +238,10 @@ def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: 
                          f"Received: input_shape={backbone.input_shape}")
     body.trainable = False
     inputs = keras.Input((None, None, channels), name="image")
-    x = layers.Resizing(height, width, interpolation="bilinear", name="resize")(inputs)
+    # training=False: Resizing's call defaults to training=True, and the first layer of a functional model that
+    # resolves `training` sets it for every later layer, so `model(x)` (and a served export) would run batch
+    # norm in training mode once the backbone is trainable. fit's training=True still overrides it.
+    x = layers.Resizing(height, width, interpolation="bilinear", name="resize")(inputs, training=False)
     x = preprocess_layer(backbone.preprocessing)(x)
     x = body(x)
     try:

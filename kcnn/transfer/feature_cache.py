@@ -45,7 +45,22 @@ class _FeatureCache:
         self.train = self.val = None
 
     def fill(self, train_ds, val_ds, augmented, verbose) -> float:
-        """Compute the features unless they are cached; returns the seconds spent."""
+        """Compute the features unless they are cached; returns the seconds spent.
+
+        ``train_ds`` is read twice to check that it gives the same images each pass (see `_cache_plan`)."""
+        return self._fill(train_ds, val_ds, verbose,
+                          lambda: _cache_plan(train_ds, augmented, self.pre, self.body, self.pool, verbose)[0])
+
+    def fill_fixed(self, fixed_ds, val_ds, verbose) -> float:
+        """Compute features of data known to be unaugmented, from ``fixed_ds`` (a fixed order); the epochs
+        then shuffle them by (seed, epoch) (`epoch_dataset`). Returns the seconds spent."""
+        def plan():
+            feats, extras, batch_size, _ = _extract(self.pre, self.body, self.pool, fixed_ds, False)
+            return feats, extras, batch_size, True
+
+        return self._fill(fixed_ds, val_ds, verbose, plan)
+
+    def _fill(self, train_ds, val_ds, verbose, plan) -> float:
         if self.train is not None or self.refused:
             return 0.0
         started = time.perf_counter()
@@ -56,32 +71,11 @@ class _FeatureCache:
                       f"FEATURE_CACHE_LIMIT_BYTES; running the backbone every epoch", flush=True)
             self.refused = True
             return time.perf_counter() - started
-        plan, _ = _cache_plan(train_ds, augmented, self.pre, self.body, self.pool, verbose)
-        if plan is None:
+        self.train = plan()
+        if self.train is None:
             self.refused = True
             return time.perf_counter() - started
-        self.train = plan
-        if val_ds is not None:
-            feats, extras, batch_size, _ = _extract(self.pre, self.body, self.pool, val_ds, False)
-            self.val = (feats, extras, batch_size, False)
-        return time.perf_counter() - started
-
-    def fill_fixed(self, fixed_ds, val_ds, verbose) -> float:
-        """Compute features of data known to be unaugmented, from ``fixed_ds`` (a fixed order); the epochs
-        then shuffle them by (seed, epoch) (`epoch_dataset`). Returns the seconds spent."""
-        if self.train is not None or self.refused:
-            return 0.0
-        started = time.perf_counter()
-        size = self._estimate_bytes(fixed_ds) + (self._estimate_bytes(val_ds) if val_ds is not None else 0)
-        if size > FEATURE_CACHE_LIMIT_BYTES:
-            if verbose:
-                print(f"feature cache: about {size / 1024**3:.1f} GiB of features exceeds "
-                      f"FEATURE_CACHE_LIMIT_BYTES; running the backbone every epoch", flush=True)
-            self.refused = True
-            return time.perf_counter() - started
-        feats, extras, batch_size, _ = _extract(self.pre, self.body, self.pool, fixed_ds, False)
-        self.train = (feats, extras, batch_size, True)
-        if val_ds is not None:
+        if val_ds is not None and next(iter(val_ds), None) is not None:
             feats, extras, batch_size, _ = _extract(self.pre, self.body, self.pool, val_ds, False)
             self.val = (feats, extras, batch_size, False)
         return time.perf_counter() - started
@@ -95,8 +89,10 @@ class _FeatureCache:
     def _estimate_bytes(self, ds) -> int:
         shape = self.body.outputs[0].shape[1:]
         per_example = shape[-1] if self.pool is not None else int(np.prod(shape))
-        batch = _iterate_xy(next(iter(ds)))[0]
-        return 4 * per_example * int(batch.shape[0]) * steps_per_epoch(ds)
+        first = next(iter(ds), None)
+        if first is None:  # an empty split (e.g. val_fraction=0)
+            return 0
+        return 4 * per_example * int(_iterate_xy(first)[0].shape[0]) * steps_per_epoch(ds)
 
     def runner(self) -> keras.Model:
         inputs = keras.Input(self.train[0].shape[1:], name="features")
