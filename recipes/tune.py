@@ -8,7 +8,7 @@ curves.png, confusion.png. The keras-tuner project is in --out/search, the searc
 
     python -m recipes.tune --image-size 16 --epochs 9                  # Hyperband over registry CNNs
     python -m recipes.tune --tuner random --max-trials 20 --epochs 9 --out runs/tune-random
-    python -m recipes.tune --space finetune --backbones vgg_cifar --weights shapes --epochs 10
+    python -m recipes.tune --space finetune --backbones vgg_cifar --weights glyphs --epochs 10
     python -m recipes.tune --models resnet20,allcnn_c --fix optimizer=sgd,batch_norm=true
 
 Resume: run the same command with the same --out. Finished trials are kept, a trial that was running when the
@@ -52,7 +52,7 @@ PROJECT = "search"
 @dataclass
 class TuneConfig:
     # what to search ----------------------------------------------------------------------------------------
-    data: str = field(default="digits", metadata={"help": "digits | shapes | tfds:NAME | a folder of class "
+    data: str = field(default="digits", metadata={"help": "digits | glyphs | tfds:NAME | a folder of class "
                                                   "folders"})
     space: str = field(default="cnn", metadata={"help": "cnn (registry architectures from scratch) | "
                                                 "finetune (two-phase fine-tuning schedules of --backbones)"})
@@ -61,7 +61,7 @@ class TuneConfig:
                                               "--image-size)"})
     backbones: str = field(default="vgg_cifar", metadata={"help": "finetune space: comma-separated backbones "
                                                          "(keras.applications or kcnn names)"})
-    weights: str = field(default="shapes", metadata={"help": "finetune space: shapes (pretrain each "
+    weights: str = field(default="glyphs", metadata={"help": "finetune space: glyphs (pretrain each "
                                                      "backbone on kcnn's synthetic glyphs, cached) | "
                                                      "imagenet | none | PATH"})
     fix: str = field(default="", metadata={"help": "fixed hyperparameters NAME=VALUE,... (e.g. "
@@ -321,7 +321,7 @@ def _backbone_weights(cfg, backbones) -> dict:
     choice = cfg.weights.strip()
     if choice.lower() == "none":
         return {b: None for b in backbones}
-    if choice.lower() == "shapes":
+    if choice.lower() == "glyphs":
         return {b: os.fspath(training.pretrained_checkpoint(b, image_size=cfg.image_size, seed=cfg.seed,
                                                             verbose=cfg.verbose))
                 for b in backbones}

@@ -84,8 +84,9 @@ def straight(tmp_path_factory):
 
 @pytest.mark.parametrize("augment, kind, epoch", [
     ("none", "after checkpoint", 1),           # between epochs, in the head phase on cached features
-    ("none", "inside epoch", 2),               # the epoch's steps ran, its checkpoint did not: redone
-    ("standard", "after checkpoint", 3),       # between epochs, fine-tuning with random augmentation
+    pytest.param("none", "inside epoch", 2,    # the epoch's steps ran, its checkpoint did not: redone
+                 marks=pytest.mark.slow),      # (the kill -9 test below kills inside an epoch in every run)
+    pytest.param("standard", "after checkpoint", 3, marks=pytest.mark.slow),  # between epochs, augmented
     ("standard", "inside checkpoint write", 3),  # a half-written checkpoint file: the previous one is used
 ])
 def test_finetune_interrupted_and_resumed_ends_bit_identical(tmp_path, monkeypatch, straight, augment, kind,

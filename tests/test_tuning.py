@@ -319,7 +319,7 @@ def test_out_holding_another_search_is_refused_untouched(searched, capsys):
     before = _snapshot(out)
     finetune = ["--space", "finetune", "--backbones", "allcnn_a", "--weights", "none", "--epochs", "2"]
     for args, diff in ((finetune, "space: 'cnn' -> 'finetune'"),
-                       (["--data", "shapes"], "data: 'digits' -> 'shapes'"),
+                       (["--data", "glyphs"], "data: 'digits' -> 'glyphs'"),
                        (["--tuner", "hyperband"], "tuner: 'random' -> 'hyperband'")):
         capsys.readouterr()
         argv = [*FAST, "--tuner", "random", "--max-trials", "2", *args, "--out", str(out)]

@@ -53,6 +53,7 @@ class EpochData:
     def __init__(self, train, val=None, *, shard=None):
         self.keyed = all(hasattr(train, a) for a in ("dataset", "steps_per_epoch", "val", "seed"))
         self.shard = shard
+        self._epoch, self._stream = [0], None
         if self.keyed:
             self.splits = train
             self.seed = int(train.seed)
@@ -66,12 +67,30 @@ class EpochData:
             self.val = as_dataset(val)
 
     def epoch(self, number: int):
-        """The training batches of epoch ``number`` (0-based)."""
+        """The training batches of epoch ``number`` (0-based).
+
+        For keyed in-memory and folder data this is one dataset object for every epoch, which reads the epoch
+        set here when an iterator over it starts (build it, then iterate it, one epoch at a time, as
+        `fit_schedule` does): its pipeline is traced once, not once an epoch (a long run would otherwise keep
+        a graph per epoch). tfds streams and shards get a dataset per epoch (their shuffle needs a Python seed;
+        a multi-worker shard must stay serializable)."""
         if not self.keyed:
             return self._plain
         if self.shard:
             return self.splits.dataset("train", training=True, epoch=int(number), shard=self.shard)
-        return self.splits.dataset("train", training=True, epoch=int(number))
+        if str(getattr(self.splits, "source", "")).startswith("tfds:"):
+            return self.splits.dataset("train", training=True, epoch=int(number))
+        self._epoch[0] = int(number)
+        if self._stream is None:
+            current = self._epoch
+
+            def start():  # runs when an iterator starts: yields the epoch to build
+                yield current[0]
+
+            epochs = tf.data.Dataset.from_generator(start, output_signature=tf.TensorSpec([], tf.int64))
+            self._stream = epochs.flat_map(
+                lambda e: self.splits.dataset("train", training=True, epoch=e)).prefetch(tf.data.AUTOTUNE)
+        return self._stream
 
     def fixed(self):
         """The training data in a fixed order without augmentation (keyed data), else the plain dataset."""
