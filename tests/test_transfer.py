@@ -631,3 +631,26 @@ def test_discriminative_rates_per_block():
     assert len(optimizer._multiplier_by_key) == len(multipliers)
     with pytest.raises(ValueError, match="unknown block 'conv9'"):
         T.lr_multipliers(model, bb, ["conv9"], 0.5)
+
+
+@pytest.mark.parametrize("batches", [3, 70])
+def test_progress_is_true_and_short(capsys, batches):
+    """Short epochs: one bar per phase over its epochs; long ones: Keras' step bar, never past the last step
+    ("128/113" when steps_per_execution overshoots) and headed with the global epoch numbers."""
+    import re
+
+    bb = T.backbone("allcnn_a", None, (12, 12, 3))
+    model = T.classifier(bb, 2)
+    x = np.zeros((batches, 12, 12, 3), "float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(batches) % 2)).batch(1)
+    T.fit_schedule(model, bb, [T.Phase(3, "head", lr=1e-3), T.Phase(2, "all", lr=1e-4)], ds, verbose=1,
+                   feature_cache=False)
+    out = capsys.readouterr().out
+    bars = "\n".join(line for line in re.sub(r"\x1b\[[0-9;]*m", "", out).split("\n")
+                     if not line.startswith(("phase ", "Epoch ")))
+    counts = [(int(a), int(b)) for a, b in re.findall(r"(\d+)/(\d+) ", bars)]
+    assert counts and all(a <= b for a, b in counts)
+    if batches == 3:  # one bar over 3, then 2 epochs
+        assert {b for _, b in counts} == {3, 2}
+    else:
+        assert "Epoch 5/5" in out and "Epoch 4/5" in out and {b for _, b in counts} == {70}

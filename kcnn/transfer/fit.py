@@ -261,15 +261,15 @@ class _EpochBar(keras.callbacks.ProgbarLogger):
 
     def __init__(self, total: int):
         super().__init__()
-        self.total = total
+        self.total, self.steps = total, None
 
     def set_params(self, params):
+        self.steps = params.get("steps")
         super().set_params({**params, "epochs": self.total})
 
     def on_train_batch_end(self, batch, logs=None):
         # with steps_per_execution, Keras reports the last step of an execution as if it were full ("128/113")
-        steps = self.params.get("steps") or batch + 1
-        super().on_train_batch_end(min(batch, steps - 1), logs)
+        super().on_train_batch_end(min(batch, (self.steps or batch + 1) - 1), logs)
 
 
 class _Progress:
