@@ -1,6 +1,5 @@
 """Reports and plots, the pretrained-checkpoint cache, the recipes' argument layer, no side effects at import."""
 import json
-import tomllib
 
 import numpy as np
 import pytest

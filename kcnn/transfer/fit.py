@@ -17,8 +17,7 @@ from kcnn.transfer.datasets import EpochData
 from kcnn.transfer.feature_cache import _FeatureCache
 from kcnn.transfer.history import ScheduleHistory, _Recorder, phase_header, phase_summary, phase_record
 from kcnn.transfer.optim import make_optimizer, phase_rate
-from kcnn.transfer.plan import (TrainView, check_finite, check_initial_epoch, make_plan, phase_runner, prepare_phase,  # noqa: F401
-                                set_bn_momentum, sublayers)
+from kcnn.transfer.plan import check_finite, check_initial_epoch, make_plan, phase_runner, prepare_phase, sublayers
 from kcnn.transfer.state import checkpoint_phase, restore_optimizer_state
 
 
