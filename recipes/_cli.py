@@ -170,9 +170,8 @@ def run(main_fn: Callable, config_cls, argv, prog: str, description: str, positi
         return 0 if result is None else int(result)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)
         return int(exc.code or 0)
-    except KeyboardInterrupt:
-        print("error: interrupted; the last finished epoch is saved, rerun with --resume and the same --out",
-              file=sys.stderr)
+    except KeyboardInterrupt as err:  # the training skeleton says where the run stands (recipes/_job.py)
+        print(f"error: {err or 'interrupted'}", file=sys.stderr)
         return 130
     except (ValueError, OSError) as err:  # OSError: files, disk full, permission denied
         message = " ".join(str(err).split()) or type(err).__name__

@@ -56,7 +56,22 @@ class Job:
 
 
 def execute(job: Job) -> int:
-    """Run ``job`` through the skeleton; returns the exit code (0)."""
+    """Run ``job`` through the skeleton; returns the exit code (0).
+
+    Ctrl-C says where the run stands: before the run folder is opened nothing was written to --out; after,
+    the message names the folder to continue with ``--resume``."""
+    opened = []
+    try:
+        return _execute(job, opened)
+    except KeyboardInterrupt:
+        if opened:
+            raise KeyboardInterrupt(f"interrupted; the last finished epoch is saved: continue with the same "
+                                    f"command plus --resume --out {opened[0]}") from None
+        raise KeyboardInterrupt("interrupted before the run folder was opened; nothing was written to --out: "
+                                "run the same command again") from None
+
+
+def _execute(job: Job, opened: list) -> int:
     _cli.check_distribute(job.cfg)
     from kcnn import distribute, runs
 
@@ -86,6 +101,7 @@ def execute(job: Job) -> int:
             print(checks.format_checks(found), flush=True)
         checks.raise_on_fail(found)  # a "fail" refuses to train, before anything is written
         run.open()
+        opened.append(run.path)
         history = training.fit_run(run, model, bb, job.schedule, splits, strategy=strategy,
                                    augmented=job.augmented, verbose=cfg.verbose)
     if distribute.finish_worker(run, strategy):

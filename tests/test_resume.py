@@ -89,14 +89,16 @@ def straight(tmp_path_factory):
     pytest.param("standard", "after checkpoint", 3, marks=pytest.mark.slow),  # between epochs, augmented
     ("standard", "inside checkpoint write", 3),  # a half-written checkpoint file: the previous one is used
 ])
-def test_finetune_interrupted_and_resumed_ends_bit_identical(tmp_path, monkeypatch, straight, augment, kind,
-                                                              epoch):
+def test_finetune_interrupted_and_resumed_ends_bit_identical(tmp_path, monkeypatch, capsys, straight, augment,
+                                                              kind, epoch):
     args = [*FINETUNE, "--augment", augment, "--no-compare-scratch"]
     reference = straight(finetune.main, args)
     out = tmp_path / "run"
     interrupt = Interrupt(monkeypatch, kind, epoch)
     assert finetune.main([*args, "--out", str(out)]) == 130
     assert interrupt.fired
+    assert capsys.readouterr().err == ("error: interrupted; the last finished epoch is saved: continue with the "
+                                       f"same command plus --resume --out {out}\n")
     state = json.loads((out / "state.json").read_text())
     assert state["epochs_done"] == (epoch - 1 if kind != "after checkpoint" else epoch)
     monkeypatch.undo()
@@ -210,3 +212,15 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert state["epochs_done"] == 1 and state["checkpoint"] == "checkpoint-0001.npz"
     assert state["diverged"]["epoch"] == 2
     assert (tmp_path / "run" / "checkpoint-0001.npz").is_file()
+
+
+def test_ctrl_c_before_the_run_folder_opens_says_nothing_was_written(tmp_path, monkeypatch, capsys):
+    from kcnn import data as kdata
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kdata, "load", interrupted)
+    assert finetune.main([*FINETUNE, "--out", str(tmp_path / "run")]) == 130
+    assert "nothing was written to --out" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
