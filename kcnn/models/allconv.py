@@ -82,12 +82,7 @@ def allcnn_a(*, include_top=True, weights=None, input_tensor=None, input_shape=N
     No pooling layers (unless downsample="max") and no Dense layers: the classifier is a 1x1 convolution
     to the class scores followed by global average pooling.
     """
-    return _allcnn(
-        "allcnn_a", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, downsample=downsample,
-        paper_dropout=paper_dropout)
+    return _allcnn("allcnn_a", **locals())  # every parameter above, by name
 
 
 @register_model(ALLCNN_SPEC)
@@ -102,12 +97,7 @@ def allcnn_b(*, include_top=True, weights=None, input_tensor=None, input_shape=N
     No pooling layers (unless downsample="max") and no Dense layers: the classifier is a 1x1 convolution
     to the class scores followed by global average pooling.
     """
-    return _allcnn(
-        "allcnn_b", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, downsample=downsample,
-        paper_dropout=paper_dropout)
+    return _allcnn("allcnn_b", **locals())  # every parameter above, by name
 
 
 @register_model(ALLCNN_SPEC)
@@ -122,9 +112,4 @@ def allcnn_c(*, include_top=True, weights=None, input_tensor=None, input_shape=N
     No pooling layers (unless downsample="max") and no Dense layers: the classifier is a 1x1 convolution
     to the class scores followed by global average pooling.
     """
-    return _allcnn(
-        "allcnn_c", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, downsample=downsample,
-        paper_dropout=paper_dropout)
+    return _allcnn("allcnn_c", **locals())  # every parameter above, by name

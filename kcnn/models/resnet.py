@@ -131,11 +131,7 @@ def resnet18(*, include_top=True, weights=None, input_tensor=None, input_shape=N
              spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
     """ResNet-18: basic blocks (two 3x3 convs) (2, 2, 2, 2) per stage; torchvision's parameterisation
     (bias-free convs, symmetric padding), 11,689,512 parameters."""
-    return _imagenet_resnet(
-        "resnet18", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units)
+    return _imagenet_resnet("resnet18", **locals())  # every parameter above, by name
 
 
 @register_model(RESNET_SPEC)
@@ -145,11 +141,7 @@ def resnet34(*, include_top=True, weights=None, input_tensor=None, input_shape=N
              spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
     """ResNet-34: basic blocks (two 3x3 convs) (3, 4, 6, 3) per stage; torchvision's parameterisation
     (bias-free convs, symmetric padding), 21,797,672 parameters."""
-    return _imagenet_resnet(
-        "resnet34", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units)
+    return _imagenet_resnet("resnet34", **locals())  # every parameter above, by name
 
 
 @register_model(RESNET_SPEC)
@@ -159,11 +151,7 @@ def resnet50(*, include_top=True, weights=None, input_tensor=None, input_shape=N
              spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
     """ResNet-50: bottleneck blocks (1x1, 3x3, 1x1) (3, 4, 6, 3) per stage; keras.applications.ResNet50
     (v1, conv biases), whose ImageNet weights load."""
-    return _imagenet_resnet(
-        "resnet50", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units)
+    return _imagenet_resnet("resnet50", **locals())  # every parameter above, by name
 
 
 @register_model(RESNET_SPEC)
@@ -173,11 +161,7 @@ def resnet101(*, include_top=True, weights=None, input_tensor=None, input_shape=
               spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
     """ResNet-101: bottleneck blocks (1x1, 3x3, 1x1) (3, 4, 23, 3) per stage;
     keras.applications.ResNet101 (v1, conv biases), whose ImageNet weights load."""
-    return _imagenet_resnet(
-        "resnet101", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units)
+    return _imagenet_resnet("resnet101", **locals())  # every parameter above, by name
 
 
 @register_model(RESNET_SPEC)
@@ -187,11 +171,7 @@ def resnet152(*, include_top=True, weights=None, input_tensor=None, input_shape=
               spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
     """ResNet-152: bottleneck blocks (1x1, 3x3, 1x1) (3, 8, 36, 3) per stage;
     keras.applications.ResNet152 (v1, conv biases), whose ImageNet weights load."""
-    return _imagenet_resnet(
-        "resnet152", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units)
+    return _imagenet_resnet("resnet152", **locals())  # every parameter above, by name
 
 
 @register_model(CIFAR_RESNET_SPEC)
@@ -201,11 +181,7 @@ def resnet20(*, include_top=True, weights=None, input_tensor=None, input_shape=N
              norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
     """CIFAR ResNet-20: a 3x3 stem and three stages of 3 basic blocks (16, 32, 64 filters); about 0.27 M
     parameters, as in section 4.2 of the paper."""
-    return _cifar_resnet(
-        "resnet20", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)
+    return _cifar_resnet("resnet20", **locals())  # every parameter above, by name
 
 
 @register_model(CIFAR_RESNET_SPEC)
@@ -215,11 +191,7 @@ def resnet32(*, include_top=True, weights=None, input_tensor=None, input_shape=N
              norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
     """CIFAR ResNet-32: a 3x3 stem and three stages of 5 basic blocks (16, 32, 64 filters); about 0.46 M
     parameters, as in section 4.2 of the paper."""
-    return _cifar_resnet(
-        "resnet32", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)
+    return _cifar_resnet("resnet32", **locals())  # every parameter above, by name
 
 
 @register_model(CIFAR_RESNET_SPEC)
@@ -229,11 +201,7 @@ def resnet44(*, include_top=True, weights=None, input_tensor=None, input_shape=N
              norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
     """CIFAR ResNet-44: a 3x3 stem and three stages of 7 basic blocks (16, 32, 64 filters); about 0.66 M
     parameters, as in section 4.2 of the paper."""
-    return _cifar_resnet(
-        "resnet44", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)
+    return _cifar_resnet("resnet44", **locals())  # every parameter above, by name
 
 
 @register_model(CIFAR_RESNET_SPEC)
@@ -243,11 +211,7 @@ def resnet56(*, include_top=True, weights=None, input_tensor=None, input_shape=N
              norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
     """CIFAR ResNet-56: a 3x3 stem and three stages of 9 basic blocks (16, 32, 64 filters); about 0.85 M
     parameters, as in section 4.2 of the paper."""
-    return _cifar_resnet(
-        "resnet56", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)
+    return _cifar_resnet("resnet56", **locals())  # every parameter above, by name
 
 
 @register_model(CIFAR_RESNET_SPEC)
@@ -257,8 +221,4 @@ def resnet110(*, include_top=True, weights=None, input_tensor=None, input_shape=
               norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
     """CIFAR ResNet-110: a 3x3 stem and three stages of 18 basic blocks (16, 32, 64 filters); about 1.7 M
     parameters, as in section 4.2 of the paper."""
-    return _cifar_resnet(
-        "resnet110", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, shortcut=shortcut)
+    return _cifar_resnet("resnet110", **locals())  # every parameter above, by name

@@ -75,11 +75,7 @@ def vgg11(*, include_top=True, weights=None, input_tensor=None, input_shape=None
           spatial_dropout=0.0, dropout=0.0, head="dense", fc_units=(4096, 4096), downsample="max"):
     """VGG11 (configuration A): 8 3x3 convolutions in five blocks (1, 1, 2, 2, 2), each ending in a 2x2 max
     pool, then two 4096-unit fully connected layers."""
-    return _imagenet_vgg(
-        "vgg11", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, downsample=downsample)
+    return _imagenet_vgg("vgg11", **locals())  # every parameter above, by name
 
 
 @register_model(VGG_SPEC)
@@ -89,11 +85,7 @@ def vgg13(*, include_top=True, weights=None, input_tensor=None, input_shape=None
           spatial_dropout=0.0, dropout=0.0, head="dense", fc_units=(4096, 4096), downsample="max"):
     """VGG13 (configuration B): 10 3x3 convolutions in five blocks (2, 2, 2, 2, 2), each ending in a 2x2 max
     pool, then two 4096-unit fully connected layers."""
-    return _imagenet_vgg(
-        "vgg13", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, downsample=downsample)
+    return _imagenet_vgg("vgg13", **locals())  # every parameter above, by name
 
 
 @register_model(VGG_SPEC)
@@ -103,11 +95,7 @@ def vgg16(*, include_top=True, weights=None, input_tensor=None, input_shape=None
           spatial_dropout=0.0, dropout=0.0, head="dense", fc_units=(4096, 4096), downsample="max"):
     """VGG16 (configuration D): 13 3x3 convolutions in five blocks (2, 2, 3, 3, 3), each ending in a 2x2 max
     pool, then two 4096-unit fully connected layers; 138,357,544 parameters, as keras.applications.VGG16."""
-    return _imagenet_vgg(
-        "vgg16", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, downsample=downsample)
+    return _imagenet_vgg("vgg16", **locals())  # every parameter above, by name
 
 
 @register_model(VGG_SPEC)
@@ -117,11 +105,7 @@ def vgg19(*, include_top=True, weights=None, input_tensor=None, input_shape=None
           spatial_dropout=0.0, dropout=0.0, head="dense", fc_units=(4096, 4096), downsample="max"):
     """VGG19 (configuration E): 16 3x3 convolutions in five blocks (2, 2, 4, 4, 4), each ending in a 2x2 max
     pool, then two 4096-unit fully connected layers, as keras.applications.VGG19."""
-    return _imagenet_vgg(
-        "vgg19", include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, norm=norm, spatial_dropout=spatial_dropout,
-        dropout=dropout, head=head, fc_units=fc_units, downsample=downsample)
+    return _imagenet_vgg("vgg19", **locals())  # every parameter above, by name
 
 
 @register_model(VGG_CIFAR_SPEC)
@@ -144,8 +128,4 @@ def vgg_cifar(*, include_top=True, weights=None, input_tensor=None, input_shape=
     CIFAR and digits images, and the offline demo's backbone: on 2 labelled digits per class, pretraining on
     kcnn's synthetic glyphs beats training it from scratch (README, "The demo's results").
     """
-    return _vgg("vgg_cifar", VGG_CIFAR_SPEC, config=CIFAR_CONFIG, widths=CIFAR_WIDTHS,
-                include_top=include_top, weights=weights, input_tensor=input_tensor, input_shape=input_shape,
-                pooling=pooling, classes=classes, classifier_activation=classifier_activation, name=name,
-                norm=norm, spatial_dropout=spatial_dropout, dropout=dropout, head=head, fc_units=fc_units,
-                downsample=downsample)
+    return _vgg("vgg_cifar", VGG_CIFAR_SPEC, config=CIFAR_CONFIG, widths=CIFAR_WIDTHS, **locals())
