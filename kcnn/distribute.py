@@ -350,6 +350,80 @@ def _make_eval_step(strategy, runner, element_spec):
     return tf.function(step, input_signature=[element_spec])
 
 
+def _workers(strategy) -> tuple[int, int]:
+    """``(workers, this worker's id)`` of a multi-worker strategy, ``(1, 0)`` otherwise.
+
+    The id is the one MultiWorkerMirroredStrategy gives its `tf.distribute.InputContext`
+    (``input_pipeline_id``): a "chief" task is 0 and the workers follow it.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1, 0
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    chiefs = len(spec.get("chief", []))
+    count = chiefs + len(spec.get("worker", []))
+    if count < 2:
+        return 1, 0
+    return count, (0 if resolver.task_type == "chief" else int(resolver.task_id or 0) + chiefs)
+
+
+def _shards_files(train_ds) -> bool:
+    """Whether ``train_ds`` is a `kcnn.data.Splits` whose source kcnn can shard (arrays, folders; not tfds)."""
+    keyed = all(hasattr(train_ds, a) for a in ("dataset", "steps_per_epoch", "val", "seed", "batch_size"))
+    return keyed and not str(getattr(train_ds, "source", "")).startswith("tfds:")
+
+
+def per_worker_batch(global_batch: int, replicas: int, workers: int) -> int:
+    """Examples each of ``workers`` workers reads per step of a global batch of ``global_batch``.
+
+    Raises:
+        DistributeError: ``global_batch`` does not divide by the ``replicas`` in sync (one line naming
+            --batch-size and the nearest batches that do).
+    """
+    if global_batch % replicas:
+        below = global_batch - global_batch % replicas
+        near = f"{below} or {below + replicas}" if below else f"{replicas}"
+        raise DistributeError(
+            f"--batch-size {global_batch} (the global batch) must divide by the {replicas} replicas in sync "
+            f"({workers} workers x {replicas // workers} device(s) each), since each worker reads its own "
+            f"shard of the training files; use e.g. --batch-size {near}.")
+    return global_batch // workers
+
+
+def _shard_input_fn(data, epoch: int, global_batch: int) -> Callable:
+    """The ``dataset_fn`` of `tf.distribute.Strategy.distribute_datasets_from_function` for one epoch.
+
+    ``data`` is a sharded `kcnn.transfer.EpochData` (this worker's ``(id, workers)``, batches of
+    ``global_batch / workers``); the function checks that the InputContext agrees and returns this worker's
+    shard of epoch ``epoch``, rebatched to ``global_batch / replicas`` when the worker has several replicas
+    (each of them dequeues one batch per step, TensorFlow's contract for this function).
+    """
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        shard = (context.input_pipeline_id, context.num_input_pipelines)
+        if tuple(data.shard) != shard:
+            raise DistributeError(f"This worker's data shard {tuple(data.shard)} is not the one TensorFlow's "
+                                  f"input context gives it, {shard}: TF_CONFIG changed during the run?")
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        ds = data.epoch(epoch)
+        return ds if per_replica == data.batch_size else ds.rebatch(per_replica)
+
+    return dataset_fn
+
+
+@contextlib.contextmanager
+def _exposed_optimizer(model):
+    """Put back ``model.optimizer`` as it was (absent on an uncompiled model) after the loop set it per phase:
+    Keras' TensorBoard callback reads it on every epoch end, and a saved model must not carry it."""
+    had, before = hasattr(model, "optimizer"), getattr(model, "optimizer", None)
+    try:
+        yield
+    finally:
+        if had:
+            model.optimizer = before
+        elif hasattr(model, "optimizer"):
+            del model.optimizer
+
+
 def _run_epoch(step, dataset) -> dict:
     totals = np.zeros(3)
     for batch in dataset:
@@ -408,9 +482,18 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
     GradientTape: the loss is the mean sparse categorical cross-entropy over the *global* batch
     (``tf.nn.compute_average_loss`` with the all-reduced example count; sample weights as Keras applies them),
     the optimizer sums the replicas' gradients; loss and accuracy sums are reduced with
-    ``strategy.reduce("SUM", ...)``. Each element of the training data is one global batch, which the
-    strategy splits between replicas (and workers: every worker must build the same data in the same order;
-    a `kcnn.data.Splits` gives epochs keyed by (seed, epoch)).
+    ``strategy.reduce("SUM", ...)``.
+
+    The global batch: with several workers and a `kcnn.data.Splits` of in-memory arrays or a folder as the
+    training data, each of the W workers reads only its own shard of the training split
+    (``shard=(worker id, W)``: a fixed 1/W of the files, shuffled and augmented per (seed, epoch, shard)) in
+    batches of ``batch_size / W`` (`tf.distribute.Strategy.distribute_datasets_from_function`), split again
+    between its local replicas; ``batch_size`` must divide by the number of replicas (`per_worker_batch`).
+    All shards take the same number of steps (a short shard repeats one example). Otherwise (one worker, a
+    tfds source, a plain dataset) each element of the training data is one global batch, which the strategy
+    splits between replicas and workers (tf.data auto-sharding; every worker builds the same data in the
+    same order; a `kcnn.data.Splits` gives epochs keyed by (seed, epoch)). Validation data are never sharded
+    by kcnn: every worker builds them and the strategy splits each batch; the metrics are global sums.
 
     Without ``schedule`` and ``backbone``: any Keras model ending in softmax, ``epochs`` at ``lr`` with
     ``optimizer`` ("adam", "sgd", "adamw", "rmsprop"); the model runs with ``training=True``.
@@ -426,7 +509,7 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
     Args:
         model: The model (built under ``strategy.scope()``).
         train_ds: A `kcnn.data.Splits`, or a batched, finite ``tf.data.Dataset`` of (images, integer
-            labels[, sample weights]); the batch size is the global batch size.
+            labels[, sample weights]); the batch size is the global batch size (see above).
         val_ds: Validation data in the same form, or None (a `Splits` brings its own).
         strategy: The strategy; default the one whose scope is active.
         backbone: The `kcnn.transfer.Backbone` of a classifier model (schedule mode).
@@ -464,7 +547,14 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                                                      bn="train", name="train")])
     initial_epoch = transfer.check_initial_epoch(initial_epoch)
     plans = transfer.make_plan(model, backbone, schedule)
-    data = transfer.EpochData(train_ds, val_ds)
+    workers, worker_id = _workers(strategy)
+    sharded = workers > 1 and _shards_files(train_ds)
+    if sharded:  # each worker reads its own shard of the training files: global batch / workers a step
+        global_batch = int(train_ds.batch_size)
+        data = transfer.EpochData(train_ds, val_ds, shard=(worker_id, workers), batch_size=per_worker_batch(
+            global_batch, strategy.num_replicas_in_sync, workers))
+    else:
+        data = transfer.EpochData(train_ds, val_ds)
     steps = data.steps
     total = plans[-1].end
     chief_prints = bool(verbose) and is_chief(strategy)
@@ -480,7 +570,7 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
         for callback in callbacks:
             callback.on_train_begin({})
         sync = sync_batch_norm and strategy.num_replicas_in_sync > 1
-        with synchronized_batch_norm(model) if sync else contextlib.nullcontext():
+        with synchronized_batch_norm(model) if sync else contextlib.nullcontext(), _exposed_optimizer(model):
             for plan in plans:
                 phase, number = plan.phase, plan.number
                 record = transfer.phase_record(plan, skipped=plan.end <= initial_epoch)
@@ -499,6 +589,7 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                     rate = transfer.phase_rate(phase, steps, offset=offset)
                     opt = transfer.make_optimizer(phase, rate, multipliers)
                     opt.build(variables)
+                    model.optimizer = opt  # callbacks read it (TensorBoard logs its learning rate)
                     if restoring:
                         transfer.restore_optimizer_state(opt, resume_state)
                     train_step = eval_step = None
@@ -511,7 +602,11 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                         epoch_started = time.perf_counter()
                         for callback in callbacks:
                             callback.on_epoch_begin(epoch, {})
-                        dist_train = strategy.experimental_distribute_dataset(data.epoch(epoch))
+                        if sharded:
+                            dist_train = strategy.distribute_datasets_from_function(
+                                _shard_input_fn(data, epoch, global_batch))
+                        else:
+                            dist_train = strategy.experimental_distribute_dataset(data.epoch(epoch))
                         if train_step is None:
                             train_step = _make_train_step(strategy, runner, opt, variables,
                                                           dist_train.element_spec)
@@ -587,5 +682,6 @@ def finish_worker(run, strategy) -> bool:
 __all__ = [
     "KINDS", "DistributeError", "make_strategy", "distributed", "configure_cpu_devices", "tf_config",
     "tf_config_is_chief", "is_chief", "worker_index", "write_dir", "remove_write_dir",
-    "synchronized_batch_norm", "sync_from_chief", "fit_distributed", "run_dir_for", "finish_worker",
+    "synchronized_batch_norm", "sync_from_chief", "fit_distributed", "per_worker_batch", "run_dir_for",
+    "finish_worker",
 ]

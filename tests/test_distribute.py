@@ -222,6 +222,19 @@ def test_fit_distributed_plain_model_and_errors():
         distribute.fit_distributed(model, (x, y), schedule="two-phase")
 
 
+def test_fit_distributed_tensorboard_on_an_uncompiled_model(tmp_path):
+    """Keras' TensorBoard callback (the recipes' run folders) reads model.optimizer on every epoch end; the loop
+    shows it the phase's optimizer, and afterwards the model is as it was (no optimizer to save with it)."""
+    x, y = _digits(32)
+    bb, model = _classifier()
+    assert not hasattr(model, "optimizer")
+    history = distribute.fit_distributed(model, (x, y), backbone=bb, schedule=SCHEDULE[:1], verbose=0,
+                                         callbacks=[keras.callbacks.TensorBoard(str(tmp_path / "logs"))])
+    assert [r["epoch"] for r in history.epochs] == [1]
+    assert not hasattr(model, "optimizer")
+    assert len(list((tmp_path / "logs" / "train").iterdir())) == 1
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Recipes
 # ------------------------------------------------------------------------------------------------------------
@@ -457,3 +470,144 @@ def test_train_recipe_two_workers(tmp_path):
     assert len(rows) == 3 and rows[0].startswith("epoch,phase,lr")
     assert "the chief writes the run folder" in (tmp_path / "worker1.log").read_text()
     assert not list(worker_tmp.glob("kcnn-worker*"))  # the other worker's temporary run folder is gone
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Each worker reads its own shard of the training files
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _id_splits(n=45, batch_size=12):
+    """``n`` random 8 px images, one class each: an example's label names it."""
+    from kcnn import data as kdata
+
+    x = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3)).astype("float32")
+    return kdata.load((x, np.arange(n)), image_size=8, batch_size=batch_size, val_fraction=0, test_fraction=0,
+                      augment="standard", seed=3)
+
+
+@pytest.mark.parametrize("local_replicas", [1, 2])
+def test_shard_dataset_function_gives_each_worker_its_own_files(local_replicas):
+    """The dataset_fn fit_distributed gives distribute_datasets_from_function, called with the InputContext of
+    each of 2 workers: disjoint shards that cover the split, equal steps, global batch / replicas per replica."""
+    splits = _id_splits()  # 45 examples, global batch 12: shards of 23, 4 steps of 6 per worker
+    replicas = 2 * local_replicas
+    per_worker = distribute.per_worker_batch(12, replicas, 2)
+    assert per_worker == 6
+    labels, sizes = [], []
+    for index in range(2):
+        data = transfer.EpochData(splits, shard=(index, 2), batch_size=per_worker)
+        assert data.steps == 4
+        dataset_fn = distribute._shard_input_fn(data, 3, 12)
+        batches = [y.numpy().tolist() for _, y in dataset_fn(tf.distribute.InputContext(2, index, replicas))]
+        again = [y.numpy().tolist() for _, y in dataset_fn(tf.distribute.InputContext(2, index, replicas))]
+        assert again == batches  # epoch-keyed: a resumed run reads the same batches
+        labels.append([label for batch in batches for label in batch])
+        sizes.append([len(batch) for batch in batches])
+        with pytest.raises(distribute.DistributeError, match="input context"):
+            dataset_fn(tf.distribute.InputContext(2, 1 - index, replicas))
+    # each replica dequeues one batch a step: 4 steps x local_replicas batches of 12 / replicas
+    expected = [6, 6, 6, 5] if local_replicas == 1 else [3, 3, 3, 3, 3, 3, 3, 2]
+    assert sizes == [expected, expected]
+    assert len(labels[0]) == len(labels[1]) == 23
+    assert not set(labels[0]) & set(labels[1])
+    assert set(labels[0]) | set(labels[1]) == set(range(45))
+    assert len(set(labels[0])) + len(set(labels[1])) == 45  # worker 1's 22 examples, one of them twice
+
+
+def test_global_batch_must_divide_by_the_replicas():
+    with pytest.raises(distribute.DistributeError, match=r"--batch-size 10 .* 4 replicas .* 8 or 12") as info:
+        distribute.per_worker_batch(10, 4, 2)
+    assert "\n" not in str(info.value)
+    with pytest.raises(distribute.DistributeError, match="--batch-size 4"):
+        distribute.per_worker_batch(3, 4, 4)
+    assert distribute.per_worker_batch(64, 4, 2) == 32
+    assert distribute._workers(tf.distribute.get_strategy()) == (1, 0)  # one worker: nothing is sharded
+    with pytest.raises(ValueError, match="Splits only"):
+        transfer.EpochData(tf.data.Dataset.range(4).batch(2), shard=(0, 2))
+
+
+SHARD_SCRIPT = """
+    import json, os, sys
+    from kcnn import distribute
+    strategy = distribute.make_strategy("multiworker")  # first: before TensorFlow starts
+    import numpy as np, keras, tensorflow as tf
+    from kcnn import data as kdata
+
+    out, n, epochs = sys.argv[1], 45, 2
+    index = distribute.worker_index(strategy)
+    x = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3)).astype("float32")
+    splits = kdata.load((x, np.arange(n)), image_size=8, batch_size=10, val_fraction=0, test_fraction=0,
+                        augment="standard", seed=3)  # one class per example: a label names its example
+    make, epochs_seen = splits.dataset, []
+
+    def recording(split="train", **kwargs):  # notes the labels of every training batch this worker reads
+        ds, seen = make(split, **kwargs), []
+        if not kwargs.get("training"):
+            return ds
+        epochs_seen.append(seen)
+
+        def note(labels):
+            seen.append(labels.numpy().tolist())
+            return labels
+
+        def mapped(images, labels):
+            noted = tf.py_function(note, [labels], labels.dtype)
+            noted.set_shape(labels.shape)
+            return images, noted
+
+        return ds.map(mapped)
+
+    splits.dataset = recording
+
+    def mlp():  # no BN: the distributed steps must equal one process's steps on the two shards' batches
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                                 keras.layers.Dense(16, activation="relu"), keras.layers.Dense(n, activation="softmax")])
+
+    val = (x[:8], np.arange(8))
+    with strategy.scope():
+        both = mlp()
+        history = distribute.fit_distributed(both, splits, val, epochs=epochs, optimizer="sgd", lr=0.1,
+                                             strategy=strategy, verbose=0)
+    np.savez(os.path.join(out, f"weights{index}.npz"), *both.get_weights())
+
+    def global_batches(e):  # step k's global batch: worker 0's k-th batch and worker 1's, as one batch
+        shards = [make("train", training=True, epoch=e, shard=(k, 2), batch_size=5) for k in range(2)]
+        return tf.data.Dataset.zip(tuple(shards)).map(lambda a, b: (tf.concat([a[0], b[0]], 0),
+                                                                     tf.concat([a[1], b[1]], 0)))
+
+    replay = global_batches(0)
+    for e in range(1, epochs):
+        replay = replay.concatenate(global_batches(e))
+    alone = mlp()  # outside the scope: TensorFlow's default strategy, this process only, one optimizer
+    distribute.fit_distributed(alone, replay, epochs=1, optimizer="sgd", lr=0.1, verbose=0)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(both.get_weights(), alone.get_weights()))
+    json.dump({"seen": epochs_seen, "epochs": history.epochs, "alone_diff": diff},
+              open(os.path.join(out, f"shard{index}.json"), "w"))
+"""
+
+
+def test_two_workers_read_disjoint_shards(tmp_path):
+    """Two workers on 127.0.0.1, fit_distributed on a Splits of 45 examples, global batch 10, 2 epochs: each
+    worker reads 23 examples an epoch in 5 batches of 5 (3 last); the two shards are disjoint and cover the
+    split; the workers end with identical weights, equal (to float rounding) to one process trained on each
+    step's two worker batches as one global batch: the loss is the mean over the global batch."""
+    script = tmp_path / "shard.py"
+    script.write_text(textwrap.dedent(SHARD_SCRIPT))
+    _wait_all(_start_workers([sys.executable, str(script), str(tmp_path)], tmp_path), tmp_path, timeout=300)
+    runs = [json.loads((tmp_path / f"shard{i}.json").read_text()) for i in range(2)]
+    for epoch in range(2):
+        batches = [run["seen"][epoch] for run in runs]
+        assert [[len(b) for b in worker] for worker in batches] == [[5, 5, 5, 5, 3]] * 2
+        read = [[label for batch in worker for label in batch] for worker in batches]
+        assert not set(read[0]) & set(read[1])
+        assert set(read[0]) | set(read[1]) == set(range(45))
+        assert [len(set(r)) for r in read] == [23, 22]  # worker 1's short shard repeats one example
+    assert runs[0]["seen"][0] != runs[0]["seen"][1]  # reshuffled each epoch ...
+    assert set(sum(runs[0]["seen"][0], [])) == set(sum(runs[0]["seen"][1], []))  # ... within the same files
+    assert len(runs[0]["seen"]) == 2  # one shard dataset an epoch, nothing else read for training
+    weights = [np.load(tmp_path / f"weights{i}.npz") for i in range(2)]
+    assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0].files)
+    assert runs[0]["epochs"] == runs[1]["epochs"] and [r["epoch"] for r in runs[0]["epochs"]] == [1, 2]
+    assert runs[0]["alone_diff"] < 1e-5

@@ -43,21 +43,39 @@ class EpochData:
     ``splits.val`` unless given. From a plain dataset (or ``(x, y)`` arrays), every epoch iterates that dataset
     (its own shuffling decides the order; exact resume is then not promised).
 
+    ``shard=(index, count)`` (keyed data only): epoch ``e`` is worker ``index``'s share of the training split,
+    ``splits.dataset("train", training=True, epoch=e, shard=shard)``, the same number of batches on every
+    worker. ``batch_size`` (keyed data only): examples per training batch instead of the splits' own, e.g. one
+    worker's share of the global batch.
+
     Attributes:
         steps: Batches per epoch.
+        batch_size: Examples per training batch when given, else None (the splits' own).
         val: The validation dataset, or None.
         keyed: Whether epochs are keyed by (seed, epoch).
         seed: The splits' seed (keyed data), else None.
     """
 
-    def __init__(self, train, val=None, *, shard=None):
+    def __init__(self, train, val=None, *, shard=None, batch_size: int | None = None):
         self.keyed = all(hasattr(train, a) for a in ("dataset", "steps_per_epoch", "val", "seed"))
         self.shard = shard
         self._epoch, self._stream = [0], None
+        if not self.keyed and (shard is not None or batch_size is not None):
+            raise ValueError(f"`shard` and `batch_size` apply to a kcnn.data.Splits only (a dataset is already "
+                             f"batched). Received: shard={shard!r}, batch_size={batch_size!r}")
+        whole = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+        if batch_size is not None and not (whole and batch_size >= 1):
+            raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+        self.batch_size = None if batch_size is None else int(batch_size)
         if self.keyed:
             self.splits = train
             self.seed = int(train.seed)
-            self.steps = int(train.steps_per_epoch("train", shard=shard) if shard else train.steps_per_epoch())
+            if self.batch_size is None:
+                self.steps = int(train.steps_per_epoch("train", shard=shard) if shard else train.steps_per_epoch())
+            else:  # ceil(ceil(n / count) / batch): every shard has ceil(n / count) examples
+                examples = int(train.num_examples["train"])
+                examples = -(-examples // int(shard[1])) if shard else examples
+                self.steps = -(-examples // self.batch_size)
             self.val = as_dataset(val) if val is not None else train.val
             self._plain = None
         else:
@@ -77,9 +95,10 @@ class EpochData:
         if not self.keyed:
             return self._plain
         if self.shard:
-            return self.splits.dataset("train", training=True, epoch=int(number), shard=self.shard)
+            return self.splits.dataset("train", training=True, epoch=int(number), shard=self.shard,
+                                       batch_size=self.batch_size)
         if str(getattr(self.splits, "source", "")).startswith("tfds:"):
-            return self.splits.dataset("train", training=True, epoch=int(number))
+            return self.splits.dataset("train", training=True, epoch=int(number), batch_size=self.batch_size)
         self._epoch[0] = int(number)
         if self._stream is None:
             current = self._epoch
@@ -89,7 +108,8 @@ class EpochData:
 
             epochs = tf.data.Dataset.from_generator(start, output_signature=tf.TensorSpec([], tf.int64))
             self._stream = epochs.flat_map(
-                lambda e: self.splits.dataset("train", training=True, epoch=e)).prefetch(tf.data.AUTOTUNE)
+                lambda e: self.splits.dataset("train", training=True, epoch=e, batch_size=self.batch_size)
+            ).prefetch(tf.data.AUTOTUNE)
         return self._stream
 
     def fixed(self):
