@@ -14,6 +14,16 @@ Three kinds of runs, one name each (the recipes' ``--distribute``):
   training loop that runs a kcnn `Schedule` (trainability per phase, BN modes, learning-rate schedules) and
   keeps what the recipes rely on: history rows, per-epoch callbacks (run-folder checkpoints), resume.
 
+The global batch: a `kcnn.data.Splits`' ``batch_size`` (the recipes' ``--batch-size``) is the global batch,
+the examples of one optimizer step over all replicas. Under ``"multiworker"`` with W workers and a Splits of
+in-memory arrays or a folder, `fit_distributed` has each worker read only its own shard of the training split
+(``shard=(worker id, W)``: examples id, id + W, ...; the same set every epoch, shuffled and augmented per
+(seed, epoch, shard)) in batches of ``batch_size / W``, which its local replicas split again; ``batch_size``
+must divide by the number of replicas. All shards take ``ceil(ceil(n / W) / (batch_size / W))`` steps an
+epoch (a short shard repeats one example). A tfds source, a plain dataset, or one worker: every worker builds
+the same batches and the strategy splits each one (tf.data auto-sharding). ``"mirrored"`` always splits each
+global batch between the local replicas.
+
 Batch norm: by default the distributed paths switch every BatchNormalization layer to ``synchronized=True``
 while they train with more than one replica (`synchronized_batch_norm`): batch statistics are then computed
 over the *global* batch, so N replicas compute what one device computes on the same batch, and every replica's

@@ -500,8 +500,9 @@ def test_shard_dataset_function_gives_each_worker_its_own_files(local_replicas):
         assert data.steps == 4
         dataset_fn = distribute._shard_input_fn(data, 3, 12)
         batches = [y.numpy().tolist() for _, y in dataset_fn(tf.distribute.InputContext(2, index, replicas))]
-        again = [y.numpy().tolist() for _, y in dataset_fn(tf.distribute.InputContext(2, index, replicas))]
-        assert again == batches  # epoch-keyed: a resumed run reads the same batches
+        resumed = transfer.EpochData(_id_splits(), shard=(index, 2), batch_size=per_worker)  # a new process
+        again = distribute._shard_input_fn(resumed, 3, 12)(tf.distribute.InputContext(2, index, replicas))
+        assert [y.numpy().tolist() for _, y in again] == batches  # epoch-keyed: a resumed run reads the same
         labels.append([label for batch in batches for label in batch])
         sizes.append([len(batch) for batch in batches])
         with pytest.raises(distribute.DistributeError, match="input context"):
