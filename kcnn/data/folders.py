@@ -51,8 +51,11 @@ FOLDER_MEMORY_BYTES = 256 * 2**20
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 _TAIL_BYTES = 1024
 _END_MARKERS = {"JPEG": (b"\xff\xd9", "JPEG end-of-image marker (FFD9)"), "PNG": (b"IEND", "PNG IEND chunk")}
-_CACHE_VERSION = b"kcnn-folder-cache-1"
+_CACHE_VERSION = b"kcnn-folder-cache-2"
 _ROTATED = (5, 6, 7, 8)   # EXIF orientations that swap width and height
+_PILLOW, _PNG, _JPEG = 0, 1, 2      # decoders; _JPEG + k decodes at DCT scale 1 / _JPEG_RATIOS[k]
+_JPEG_RATIOS = (8, 4, 2, 1)
+_ANTIALIAS_ABOVE = 1.25   # reductions by more than this factor are antialiased
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -68,30 +71,46 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _check_file(path: Path) -> tuple[str | None, int, int]:
-    """``(None or why the file is skipped, size in bytes, modification time in ns)`` from a cheap look."""
+def _check_file(path: Path, size) -> tuple[str | None, int, int, int]:
+    """``(None or why the file is skipped, size in bytes, modification time in ns, decoder)`` from a cheap look.
+
+    The decoder is :data:`_PILLOW`, :data:`_PNG`, or a JPEG decoded in the graph at DCT scale ``1/ratio``
+    (``_JPEG_RATIOS``), ``ratio`` the largest of 1, 2, 4, 8 that keeps the image at least ``size`` (Pillow's
+    draft rule).
+    """
     from PIL import Image
 
     try:
         stat = path.stat()
         if stat.st_size == 0:
-            return "empty file (0 bytes)", 0, stat.st_mtime_ns
+            return "empty file (0 bytes)", 0, stat.st_mtime_ns, _PILLOW
         with Image.open(path) as image:
             if image.format in _END_MARKERS:
                 marker, name = _END_MARKERS[image.format]
                 with open(path, "rb") as f:
                     f.seek(max(0, stat.st_size - _TAIL_BYTES))
                     if marker not in f.read():
-                        return f"truncated: no {name} in its last {_TAIL_BYTES} bytes", 0, 0
+                        return f"truncated: no {name} in its last {_TAIL_BYTES} bytes", 0, 0, _PILLOW
             else:
                 image.load()    # GIF (first frame), BMP: rare, cheap to decode
-        return None, stat.st_size, stat.st_mtime_ns
+            return None, stat.st_size, stat.st_mtime_ns, _decoder(image, size)
     except Exception as err:  # noqa: BLE001 - any failure skips the file with its reason
-        return f"{type(err).__name__}: {err}", 0, 0
+        return f"{type(err).__name__}: {err}", 0, 0, _PILLOW
 
 
-def _decode_file(path, size) -> np.ndarray:
-    """uint8 ``(h, w, 3)`` of an image file, upright, resized to ``size`` (bilinear, antialiased) if needed."""
+def _decoder(image, size) -> int:
+    """How an opened, checked file is decoded: in the graph (plain JPEG, 8-bit PNG) or by Pillow (the rest)."""
+    if image.format == "PNG" and image.mode in ("RGB", "RGBA", "L", "LA") and "exif" not in image.info:
+        return _PNG                         # palette, 1-bit and 16-bit grayscale go to Pillow
+    if image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(0x0112, 1) == 1:
+        scale = min(image.size[0] // size[1], image.size[1] // size[0])
+        return _JPEG + next(k for k, r in enumerate(_JPEG_RATIOS) if max(scale, 1) >= r)
+    return _PILLOW                          # EXIF-rotated or CMYK JPEG, GIF, BMP, TIFF, WebP, ...
+
+
+def _pillow_rgb(path, size) -> np.ndarray:
+    """uint8 ``(h, w, 3)`` of an image file decoded by Pillow, upright, not resized (a large JPEG is decoded
+    at the DCT scale that keeps it at least ``size``)."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
@@ -110,9 +129,26 @@ def _decode_file(path, size) -> np.ndarray:
         elif image.mode == "P" and "transparency" in image.info:
             image = image.convert("RGBA")
         image = image.convert("RGB")    # L, LA, P, PA, RGBA, CMYK, YCbCr -> RGB; alpha dropped
-        if image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
         return np.asarray(image, np.uint8)
+
+
+def _resize(image: tf.Tensor, size) -> tf.Tensor:
+    """uint8 ``size + (3,)`` of a uint8 ``(h, w, 3)`` image: unchanged at that size, else bilinear, rounded.
+
+    A reduction by more than :data:`_ANTIALIAS_ABOVE` on either axis is antialiased (a triangle filter as wide
+    as the reduction, Pillow's BILINEAR); a smaller one or an enlargement samples plain bilinear, which is as
+    close to a Lanczos reference there and 2-3x cheaper.
+    """
+    shape = tf.shape(image)[:2]
+    factor = tf.reduce_max(tf.cast(shape, tf.float32) / tf.constant(size, tf.float32))
+    which = tf.where(tf.reduce_all(tf.equal(shape, size)), 0, tf.where(factor > _ANTIALIAS_ABOVE, 2, 1))
+
+    def bilinear(antialias):
+        return lambda: tf.saturate_cast(tf.round(tf.image.resize(image, size, antialias=antialias)), tf.uint8)
+
+    out = tf.switch_case(which, [lambda: image, bilinear(False), bilinear(True)])
+    out.set_shape(tuple(size) + (3,))
+    return out
 
 
 def _map_threads(fn, items) -> list:
@@ -143,8 +179,8 @@ class _MemoryStore:
         with self._lock:
             if self._images is None:
                 self._images = np.zeros(self._shape, np.uint8)
-            self._images[i] = image
-            self._filled[i] = True
+        self._images[i] = image
+        self._filled[i] = True
 
 
 class _FileStore:
@@ -169,7 +205,14 @@ class _FileStore:
                             f"path prefix as `cache`, or cache='memory' or False.") from None
 
     def get_many(self, index: np.ndarray):
-        return None
+        """All of ``index``'s images as one array if all are cached, else ``None``."""
+        out = np.empty((len(index),) + self._shape, np.uint8)
+        for k, i in enumerate(index):
+            image = self.get(int(i))
+            if image is None:
+                return None
+            out[k] = image
+        return out
 
     def get(self, i: int):
         data = os.pread(self._fd, self._record, i * self._record)
@@ -190,20 +233,23 @@ class _FileStore:
 class _FilePart(_Part):
     """One split's image files with labels: decoded into memory once (small splits) or in the pipeline."""
 
-    def __init__(self, paths, y, sizes, mtimes, image_size, cache, skipped: list, split: str, source: str):
+    def __init__(self, paths, y, sizes, mtimes, decoders, image_size, cache, skipped: list, split: str,
+                 source: str):
         self.paths, self.y = np.asarray(paths, object), np.asarray(y, np.int32)
         self.sizes, self.mtimes = np.asarray(sizes, np.int64), np.asarray(mtimes, np.int64)
+        self.decoders = np.asarray(decoders, np.int32)
         self.image_size, self.cache, self.split, self.source = tuple(image_size), cache, split, source
         self.skipped, self.num_examples = skipped, len(self.y)
         self._memory: _MemoryPart | None = None
         self._store = None
-        self._labels = None
+        self._prepared = False
+        self._graph = None
         self._lock = threading.Lock()
         self._failed: set[str] = set()
 
     def take(self, keep, split: str | None = None) -> "_FilePart":
-        return _FilePart(self.paths[keep], self.y[keep], self.sizes[keep], self.mtimes[keep], self.image_size,
-                         self.cache, self.skipped, split or self.split, self.source)
+        return _FilePart(self.paths[keep], self.y[keep], self.sizes[keep], self.mtimes[keep], self.decoders[keep],
+                         self.image_size, self.cache, self.skipped, split or self.split, self.source)
 
     @property
     def in_memory(self) -> bool:
@@ -220,10 +266,12 @@ class _FilePart(_Part):
             digest.update(f"\0{os.path.abspath(path)}\0{size}\0{mtime}\0{label}".encode())
         return digest.hexdigest()[:16]
 
-    def _decoded(self, i: int) -> np.ndarray:
-        path = self.paths[i]
+    def _pillow(self, i) -> np.ndarray:
+        """Example ``i`` decoded by Pillow, upright, not resized; a black image at the output size (named in
+        ``skipped`` and a warning, once) if Pillow cannot decode it either."""
+        path = self.paths[int(i)]
         try:
-            return _decode_file(path, self.image_size)
+            return _pillow_rgb(path, self.image_size)
         except Exception as err:  # noqa: BLE001 - a corrupt file becomes a black image, named once
             with self._lock:
                 new = path not in self._failed
@@ -234,42 +282,144 @@ class _FilePart(_Part):
                 warnings.warn(f"kcnn.data: could not decode {path} ({reason}).", stacklevel=2)
             return np.zeros(self.image_size + (3,), np.uint8)
 
-    def _image(self, i: int) -> np.ndarray:
-        image = self._store.get(i) if self._store is not None else None
-        if image is None:
-            image = self._decoded(i)
-            if self._store is not None and self.paths[i] not in self._failed:
-                self._store.put(i, image)
+    def _pillow_tensor(self, i: tf.Tensor) -> tf.Tensor:
+        image = tf.numpy_function(self._pillow, [i], tf.uint8, stateful=True)
+        image.set_shape((None, None, 3))
         return image
 
-    def _images(self, index: np.ndarray) -> np.ndarray:
-        """uint8 images of a batch of indices: from the cache, else decoded by Pillow in parallel threads
-        (Pillow releases the GIL while it decodes and resizes)."""
-        if self._store is not None:
-            cached = self._store.get_many(index)
-            if cached is not None:
-                return cached
-        out = np.empty((len(index),) + self.image_size + (3,), np.uint8)
+    def _tensors(self):
+        """The graph's constants and functions, made once, eagerly: each ``batches`` call then reuses them
+        instead of tracing again (which took most of a new epoch's start-up)."""
+        if self._graph is None:
+            shape = self.image_size + (3,)
+            paths, decoders = tf.constant(self.paths.astype(str)), tf.constant(self.decoders)
+            self._graph = {"paths": paths, "decoders": decoders, "labels": tf.constant(self.y)}
+            self._graph["decode_one"] = tf.function(self._decode_one, reduce_retracing=True,
+                                                    input_signature=[tf.TensorSpec((), tf.int64)])
+            self._graph["complete"] = tf.function(self._complete, input_signature=[
+                tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None,), tf.int32),
+                tf.TensorSpec((None,) + shape, tf.uint8)])
+        return self._graph
 
-        def fill(k):
-            out[k] = self._image(int(index[k]))
+    def _decode_one(self, i: tf.Tensor) -> tf.Tensor:
+        """uint8 ``image_size + (3,)`` of example ``i``: decoded in the graph where the file allows, by Pillow
+        otherwise, then resized. Raises (in the pipeline) if the graph's decoder fails: see ``_decode_batch``."""
+        paths, decoders = self._graph["paths"], self._graph["decoders"]
 
-        list(self._pool.map(fill, range(len(index))))
+        def jpeg(ratio):
+            return lambda: tf.io.decode_jpeg(tf.io.read_file(paths[i]), 3, ratio=ratio,
+                                             dct_method="INTEGER_ACCURATE")
+
+        branches = [lambda: self._pillow_tensor(i), lambda: tf.io.decode_png(tf.io.read_file(paths[i]), 3)]
+        branches += [jpeg(r) for r in _JPEG_RATIOS]
+        image = tf.switch_case(decoders[i], branches)
+        image.set_shape((None, None, 3))
+        return _resize(image, self.image_size)
+
+    def _decode_batch(self, index: tf.Tensor) -> tf.data.Dataset:
+        """One element, ``(positions, images)``: the uint8 images of ``index`` (one batch of example indices)
+        that TensorFlow's decoders decoded, in parallel, and their positions in ``index``, then ``-1`` and a
+        black image (so that the element exists even if every file failed).
+
+        TensorFlow's decoders raise on a corrupt or vanished file, and raising would end the epoch: the
+        failed elements are dropped (``ignore_errors``) here, and :meth:`_complete` decodes them again.
+        """
+        n = tf.shape(index)[0]
+        end = tf.data.Dataset.from_tensors((tf.constant(-1), tf.zeros(self.image_size + (3,), tf.uint8)))
+        return (tf.data.Dataset.from_tensor_slices((tf.range(n), index))
+                .map(lambda p, i: (p, self._graph["decode_one"](i)), num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+                .ignore_errors()
+                .concatenate(end)
+                .batch(2**31 - 1))
+
+    def _complete(self, index: tf.Tensor, got: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+        """The uint8 images of ``index`` from :meth:`_decode_batch`'s; the files TensorFlow could not decode
+        are decoded again by Pillow and resized by it (:meth:`_pillow_resized`), so every example keeps its
+        place."""
+        n, shape = tf.shape(index)[0], self.image_size + (3,)
+        got, images = got[:-1], images[:-1]
+
+        def fill():
+            missing = tf.cast(tf.where(~tf.reduce_any(tf.range(n)[:, None] == got[None, :], 1))[:, 0], tf.int32)
+            again = tf.numpy_function(self._pillow_resized, [tf.gather(index, missing)], tf.uint8, stateful=True)
+            return tf.dynamic_stitch([got, missing], [images, tf.ensure_shape(again, (None,) + shape)])
+
+        out = tf.cond(tf.shape(got)[0] == n, lambda: images, fill)
+        out.set_shape((None,) + shape)
         return out
+
+    def _pillow_resized(self, index: np.ndarray) -> np.ndarray:
+        """uint8 images of ``index`` decoded and resized (bilinear, antialiased) by Pillow, black where Pillow
+        fails too: for the rare files that pass the listing checks and that TensorFlow cannot decode."""
+        from PIL import Image
+
+        out = np.zeros((len(index),) + self.image_size + (3,), np.uint8)
+        for k, i in enumerate(index):
+            image = self._pillow(i)
+            if image.shape[:2] != self.image_size:
+                image = Image.fromarray(image).resize(self.image_size[::-1], Image.BILINEAR)
+            out[k] = image
+        return out
+
+    def _images(self, index: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+        """``(uint8 images, indices)`` batches of the examples ``index`` gives, in its order: two batches
+        decode at a time, each in parallel; with a cache, a batch it holds entirely is read from it instead."""
+        graph = self._tensors()          # made eagerly, once, before the functions below capture them
+        complete = graph["complete"]
+        index = index.batch(batch_size)
+        store, shape = self._store, self.image_size + (3,)
+        if store is None:
+            return (index.interleave(lambda i: self._decode_batch(i).map(lambda p, x: (i, p, x)), cycle_length=2,
+                                     num_parallel_calls=2, deterministic=True)
+                    .map(lambda i, p, x: (complete(i, p, x), i)))
+
+        def get(i):
+            images = store.get_many(i)
+            return np.zeros((0,) + shape, np.uint8) if images is None else images
+
+        def put(i, images):
+            for k, j in enumerate(i):
+                if self.paths[j] not in self._failed:
+                    store.put(int(j), images[k])
+            return np.int32(len(i))
+
+        def cached(i):
+            images = tf.numpy_function(get, [i], tf.uint8, stateful=True)
+            return i, tf.ensure_shape(images, (None,) + shape)
+
+        def decode(i, images):
+            hit = tf.data.Dataset.from_tensors((i, tf.constant([-1]), images, True))
+            miss = self._decode_batch(i).map(lambda p, x: (i, p, x, False))
+            return hit.filter(lambda i, p, x, h: tf.shape(x)[0] > 0).concatenate(miss).take(1)
+
+        def keep(i, p, x, hit):
+            def decoded():
+                images = complete(i, p, x)
+                done = tf.numpy_function(put, [i, images], tf.int32, stateful=True)
+                with tf.control_dependencies([done]):
+                    return tf.identity(images)
+
+            images = tf.cond(hit, lambda: x, decoded)
+            images.set_shape((None,) + shape)
+            return images, i
+
+        return (index.map(cached)
+                .interleave(decode, cycle_length=2, num_parallel_calls=2, deterministic=True)
+                .map(keep))
 
     def _memory_part(self) -> _MemoryPart:
         if self._memory is None:
             x = np.zeros((self.num_examples,) + self.image_size + (3,), np.uint8)
-
-            def fill(i):
-                x[i] = self._decoded(i)
-
-            _map_threads(fill, range(self.num_examples))
+            start = 0
+            for images, _ in self._images(tf.data.Dataset.range(self.num_examples), 64):
+                x[start:start + len(images)] = images.numpy()
+                start += len(images)
             self._memory = _MemoryPart(x, self.y, _as_float)
         return self._memory
 
     def _prepare_stream(self) -> None:
-        if self._labels is not None:
+        if self._prepared:
             return
         if self.num_examples and self.cache == "memory":
             self._store = _MemoryStore(self.num_examples, self.image_size)
@@ -277,24 +427,15 @@ class _FilePart(_Part):
             name = Path(self.source).name or "folder"
             self._store = _FileStore(f"{os.fspath(self.cache)}-{name}-{self.cache_key()}-{self.split}.cache",
                                      self.num_examples, self.image_size)
-        self._labels = tf.constant(self.y)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1),
-                                                           thread_name_prefix="kcnn-decode")
-        weakref.finalize(self, self._pool.shutdown, wait=False)
+        self._prepared = True
 
     def batches(self, batch_size, shuffle_seed, epoch=None, shard=None):
         if self.in_memory:
             return self._memory_part().batches(batch_size, shuffle_seed, epoch, shard)
         self._prepare_stream()
-        labels, shape = self._labels, self.image_size + (3,)
-
-        def load(i):
-            images = tf.numpy_function(self._images, [i], tf.uint8, stateful=True)
-            images.set_shape((None,) + shape)
-            return _as_float(images), tf.gather(labels, i)
-
-        index = _index_dataset(self.num_examples, shuffle_seed, epoch, shard)
-        return index.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        labels = self._tensors()["labels"]
+        images = self._images(_index_dataset(self.num_examples, shuffle_seed, epoch, shard), batch_size)
+        return images.map(lambda x, i: (_as_float(x), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE)
 
     def numpy(self):
         if self.in_memory:
@@ -347,10 +488,10 @@ def _folder_parts(root: Path, size, fractions, seed, cache=True):
                 empty.append(str(c))
             files += found
             file_class += [c.name] * len(found)
-        checks = _map_threads(_check_file, files)
+        checks = _map_threads(lambda f: _check_file(f, size), files)
         total += len(files)
-        ok = [i for i, (reason, _, _) in enumerate(checks) if reason is None]
-        skipped += [(str(path), reason) for path, (reason, _, _) in zip(files, checks) if reason is not None]
+        ok = [i for i, check in enumerate(checks) if check[0] is None]
+        skipped += [(str(path), check[0]) for path, check in zip(files, checks) if check[0] is not None]
         ok_classes = [file_class[i] for i in ok]
         if split == "train":
             class_names = sorted(set(ok_classes))
@@ -372,8 +513,8 @@ def _folder_parts(root: Path, size, fractions, seed, cache=True):
             else:
                 skipped.append((str(files[i]), f"class {file_class[i]!r} is not among the train classes"))
         read[split] = _FilePart([str(files[i]) for i in keep], [index[file_class[i]] for i in keep],
-                                [checks[i][1] for i in keep], [checks[i][2] for i in keep], size, cache,
-                                skipped, split, str(root))
+                                [checks[i][1] for i in keep], [checks[i][2] for i in keep],
+                                [checks[i][3] for i in keep], size, cache, skipped, split, str(root))
     if skipped:
         shown = "; ".join(f"{p} ({r})" for p, r in skipped[:10])
         more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
