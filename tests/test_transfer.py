@@ -654,3 +654,41 @@ def test_progress_is_true_and_short(capsys, batches):
         assert {b for _, b in counts} == {3, 2}
     else:
         assert "Epoch 5/5" in out and "Epoch 4/5" in out and {b for _, b in counts} == {70}
+
+
+def test_short_epochs_run_as_one_fit_with_the_weights_of_one_fit_per_epoch(monkeypatch):
+    """A phase of short keyed epochs is one ``fit`` over all its epochs (Keras' per-call setup dominated the
+    demo's one-step epochs); the batches, hence the weights and history, equal one ``fit`` per epoch, with the
+    feature cache (head phase) and without (all layers, augmented)."""
+    from kcnn import data as kdata
+    from kcnn.transfer import fit as fit_module
+
+    assert fit_module.fit_segments(2, 5, 3) == [(2, 5)] and fit_module.fit_segments(2, 4, 64) == [(2, 3), (3, 4)]
+    assert [fit_module.segment_execution(s, 16) for s in (1, 3, 12, 48, 17)] == [1, 3, 12, 16, 1]
+    calls = []
+    original = keras.Model.fit
+
+    def counted(self, *args, **kwargs):
+        calls.append((kwargs["initial_epoch"], kwargs["epochs"], self.steps_per_execution))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", counted)
+
+    def train(long_epoch_steps):
+        monkeypatch.setattr(fit_module, "LONG_EPOCH_STEPS", long_epoch_steps)
+        calls.clear()
+        splits = kdata.load("digits", image_size=12, per_class=6, batch_size=20, augment="standard", seed=3)
+        keras.utils.set_random_seed(5)
+        bb = T.backbone("allcnn_a", None, (12, 12, 3), options={"norm": "batch"})
+        model = T.classifier(bb, 10)
+        schedule = [T.Phase(3, "head", lr=0.05, name="head"), T.Phase(2, "all", lr=0.01, bn="train", name="all")]
+        history = T.fit_schedule(model, bb, schedule, splits, verbose=0, augmented=False)
+        return model.get_weights(), history, list(calls)
+
+    weights_one, history_one, calls_one = train(64)     # 3 steps an epoch: one fit per phase
+    weights_each, history_each, calls_each = train(1)   # every epoch its own fit
+    assert calls_one == [(0, 3, 3), (3, 5, 3)]
+    assert [c[:2] for c in calls_each] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert [p["cached"] for p in history_one.phases] == [True, False]
+    assert all(np.array_equal(a, b) for a, b in zip(weights_one, weights_each))
+    assert history_one.epochs == history_each.epochs

@@ -82,9 +82,23 @@ class _FeatureCache:
 
     def epoch_dataset(self, seed: int, epoch: int):
         """The cached training features of one epoch, in an order that is a pure function of (seed, epoch)."""
+        return self.epochs_dataset(seed, epoch, epoch + 1)
+
+    def epochs_dataset(self, seed: int, first: int, end: int):
+        """Epochs ``first, ..., end - 1`` of the cached training features back to back: epoch ``e`` in the
+        order of `epoch_dataset` ``(seed, e)``, batched on its own (its last batch may be short). The features
+        are one constant; each epoch is a row of indices into them."""
         feats, extras, batch_size, _ = self.train
-        order = np.random.default_rng([int(seed), int(epoch), 0xFEA7]).permutation(len(feats))
-        return tf.data.Dataset.from_tensor_slices((feats[order], *(e[order] for e in extras))).batch(batch_size)
+        orders = np.stack([np.random.default_rng([int(seed), int(e), 0xFEA7]).permutation(len(feats))
+                           for e in range(int(first), int(end))]) if end > first else np.zeros((0, len(feats)))
+        tensors = tuple(tf.constant(a) for a in (feats, *extras))
+
+        def gather(index):
+            return tuple(tf.gather(t, index) for t in tensors)
+
+        return (tf.data.Dataset.from_tensor_slices(orders.astype(np.int64))
+                .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+                .map(gather))
 
     def _estimate_bytes(self, ds) -> int:
         shape = self.body.outputs[0].shape[1:]

@@ -200,33 +200,44 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         restore = {}
         if use_cache:
             runner, fit_val = cache.runner(), cache.val_dataset()
-            epoch_data = ((lambda e: cache.epoch_dataset(data.seed, e)) if data.keyed
-                          else (lambda e: cache.train_dataset()))
+            epochs_data = ((lambda a, b: cache.epochs_dataset(data.seed, a, b)) if data.keyed
+                           else (lambda a, b: cache.train_dataset()))
         else:
             runner, restore = phase_runner(model, backbone, plan, bn_momentum)
-            fit_val, epoch_data = data.val, data.epoch
+            fit_val = data.val
+            epochs_data = ((lambda a, b: data.splits.epochs(a, b)) if data.keyed
+                           else (lambda a, b: data.epoch(a)))
+        # keyed data: short epochs run as one fit over the phase (see fit_segments); a plain dataset is one fit
+        # per epoch, as Keras iterates it (its length may be unknown)
+        segments = fit_segments(first, end, data.steps if data.keyed else LONG_EPOCH_STEPS)
+        execution = (segment_execution(data.steps, steps_per_execution) if len(segments) == 1 and end - first > 1
+                     else steps_per_execution)
         optimizer = make_optimizer(phase, rate, multipliers)
-        runner.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS),
-                       steps_per_execution=steps_per_execution)
+        runner.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS), steps_per_execution=execution)
         model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS))  # what callbacks see
         if restoring:
             optimizer.build(runner.trainable_variables)
             restore_optimizer_state(optimizer, resume_state)
         recorder = _Recorder(history, number, phase, rate, first if not restoring else start, data.steps)
-        progress = _Progress(verbose, data.steps, steps_per_execution, first, end, schedule_total=plans[-1].end)
+        progress = _Progress(verbose, data.steps, execution, first, end, schedule_total=plans[-1].end)
+
+        def epoch_end(number=number, optimizer=optimizer, progress=progress):
+            row = history.epochs[-1]
+            progress.epoch_done(row)
+            check_finite(row)
+            if on_epoch_end is not None:
+                on_epoch_end(row, model, optimizer, number)
+
         started, before = time.perf_counter(), len(history.epochs)
         for callback in pinned:
             callback.begin_phase(data.steps)
         try:
-            for epoch in range(first, end):
-                runner.fit(epoch_data(epoch), validation_data=fit_val, initial_epoch=epoch, epochs=epoch + 1,
-                           steps_per_epoch=data.steps, verbose=progress.fit_verbose, shuffle=False,
-                           callbacks=[recorder, *progress.callbacks(), *pinned])
-                row = history.epochs[-1]
-                progress.epoch_done(row)
-                check_finite(row)
-                if on_epoch_end is not None:
-                    on_epoch_end(row, model, optimizer, number)
+            for a, b in segments:
+                # keyed data: epochs a..b-1 back to back, each exactly data.steps batches
+                runner.fit(epochs_data(a, b), validation_data=fit_val, initial_epoch=a, epochs=b,
+                           steps_per_epoch=data.steps,
+                           verbose=progress.fit_verbose, shuffle=False,
+                           callbacks=[recorder, *progress.callbacks(), *pinned, _EpochEnd(epoch_end)])
                 if getattr(model, "stop_training", False):
                     break
         finally:
@@ -251,8 +262,49 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
 
 _STOCHASTIC = (layers.Dropout, layers.SpatialDropout2D, layers.GaussianNoise, layers.GaussianDropout)
 
-#: Epochs of at least this many steps show Keras' own step bar (verbose=1); shorter ones one bar per phase.
+#: Epochs of at least this many steps get one ``fit`` call each and show Keras' own step bar (verbose=1);
+#: a phase of shorter epochs is one ``fit`` call over all its epochs, with one bar over the phase.
 LONG_EPOCH_STEPS = 64
+
+
+def fit_segments(first: int, end: int, steps: int) -> list[tuple[int, int]]:
+    """The ``fit`` calls of a phase's epochs ``first..end-1`` as ``(initial_epoch, epochs)`` pairs.
+
+    Short epochs (under `LONG_EPOCH_STEPS` steps) run as one call: starting a ``fit`` (its iterators, its
+    callbacks, the validation pass's setup) costs tens of milliseconds, more than a one-step epoch itself
+    (the demo's 260 epochs of one step spent most of their time there). Long epochs run one call each, so
+    that every epoch starts its own iterator and ``steps_per_execution`` never crosses an epoch's end.
+
+    Example:
+        >>> fit_segments(0, 3, 1), fit_segments(0, 2, 100)
+        ([(0, 3)], [(0, 1), (1, 2)])
+    """
+    if steps < LONG_EPOCH_STEPS:
+        return [(first, end)] if end > first else []
+    return [(epoch, epoch + 1) for epoch in range(first, end)]
+
+
+def segment_execution(steps: int, steps_per_execution: int) -> int:
+    """Steps per graph call when one ``fit`` runs several epochs of ``steps`` steps from one iterator: the
+    largest divisor of ``steps`` not above ``steps_per_execution``, so that no call crosses an epoch's end
+    (Keras' multi-step loop stops only when the data run out).
+
+    Example:
+        >>> segment_execution(1, 16), segment_execution(12, 16), segment_execution(48, 16), segment_execution(7, 4)
+        (1, 12, 16, 1)
+    """
+    return max(d for d in range(1, max(1, min(steps, steps_per_execution)) + 1) if steps % d == 0)
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Calls ``fn()`` at each epoch's end, after the recorder and the user's callbacks (it is listed last)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.fn()
 
 
 class _EpochBar(keras.callbacks.ProgbarLogger):
