@@ -692,3 +692,18 @@ def test_short_epochs_run_as_one_fit_with_the_weights_of_one_fit_per_epoch(monke
     assert [p["cached"] for p in history_one.phases] == [True, False]
     assert all(np.array_equal(a, b) for a, b in zip(weights_one, weights_each))
     assert history_one.epochs == history_each.epochs
+
+
+def test_resident_validation_keeps_the_batches():
+    from kcnn import data as kdata
+    from kcnn.transfer import fit as fit_module
+
+    splits = kdata.load("digits", image_size=8, batch_size=50, seed=1)
+    light = fit_module.resident(splits.val)
+    ours = [tuple(t.numpy() for t in b) for b in light]
+    theirs = [tuple(t.numpy() for t in b) for b in splits.val]
+    assert len(ours) == len(theirs) == splits.steps_per_epoch("val") > 1
+    assert all(len(a) == len(b) == 2 and all(np.array_equal(x, y) for x, y in zip(a, b))
+               for a, b in zip(ours, theirs))
+    assert fit_module.resident(splits.val, limit=1000) is splits.val   # too large: the dataset itself
+    assert fit_module.resident(None) is None
