@@ -400,6 +400,19 @@ def per_worker_batch(global_batch: int, replicas: int, workers: int) -> int:
     return global_batch // workers
 
 
+def check_batch(strategy, splits) -> int | None:
+    """Before anything is written: the examples each worker reads per step when ``strategy`` shards ``splits``'
+    training files across several workers (see `fit_distributed`), else None.
+
+    Raises:
+        DistributeError: the global batch does not divide by the replicas in sync (`per_worker_batch`).
+    """
+    workers, _ = _workers(strategy)
+    if workers > 1 and _shards_files(splits):
+        return per_worker_batch(int(splits.batch_size), strategy.num_replicas_in_sync, workers)
+    return None
+
+
 def _shard_input_fn(data, epoch: int, global_batch: int) -> Callable:
     """The ``dataset_fn`` of `tf.distribute.Strategy.distribute_datasets_from_function` for one epoch.
 
@@ -692,6 +705,6 @@ def finish_worker(run, strategy) -> bool:
 __all__ = [
     "KINDS", "DistributeError", "make_strategy", "distributed", "configure_cpu_devices", "tf_config",
     "tf_config_is_chief", "is_chief", "worker_index", "write_dir", "remove_write_dir",
-    "synchronized_batch_norm", "sync_from_chief", "fit_distributed", "per_worker_batch", "run_dir_for",
+    "synchronized_batch_norm", "sync_from_chief", "fit_distributed", "per_worker_batch", "check_batch", "run_dir_for",
     "finish_worker",
 ]

@@ -89,6 +89,7 @@ def _execute(job: Job, opened: list) -> int:
     if cfg.verbose:
         sizes = ", ".join(f"{k} {v}" for k, v in splits.num_examples.items())
         print(f"data {getattr(cfg, 'data', '')}: {len(splits.class_names)} classes; {sizes}", flush=True)
+    distribute.check_batch(strategy, splits)  # multiworker: a global batch the replicas cannot split
     with strategy.scope():  # the model, its optimizers and the fit views are made under the strategy
         model, bb = job.build(splits)
         from kcnn import transfer

@@ -528,6 +528,23 @@ def test_global_batch_must_divide_by_the_replicas():
         transfer.EpochData(tf.data.Dataset.range(4).batch(2), shard=(0, 2))
 
 
+def test_the_recipes_check_the_global_batch_before_the_run_opens(monkeypatch):
+    """recipes/_job.py calls check_batch before the run folder opens: a bad --batch-size writes nothing."""
+    import types
+
+    from kcnn import data as kdata
+
+    splits = kdata.load("digits", image_size=8, batch_size=7)
+    strategy = types.SimpleNamespace(num_replicas_in_sync=2)
+    assert distribute.check_batch(strategy, splits) is None  # one worker: nothing is sharded
+    monkeypatch.setattr(distribute, "_workers", lambda strategy: (2, 0))
+    with pytest.raises(distribute.DistributeError, match=r"--batch-size 7 .* 2 replicas .* 6 or 8"):
+        distribute.check_batch(strategy, splits)
+    assert distribute.check_batch(strategy, kdata.load("digits", image_size=8, batch_size=8)) == 4
+    source = open(os.path.join(os.path.dirname(__file__), "..", "recipes", "_job.py")).read()
+    assert source.index("distribute.check_batch(") < source.index("run.open()")
+
+
 SHARD_SCRIPT = """
     import json, os, sys
     from kcnn import distribute
