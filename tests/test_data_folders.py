@@ -268,3 +268,60 @@ def test_shards_are_disjoint_cover_the_split_and_take_equal_steps(tmp_path, cach
     assert not owned[0] & owned[1] and owned[0] | owned[1] == every
     with pytest.raises(ValueError, match=r"shard=\(2, 2\)"):
         splits.dataset("train", shard=(2, 2))
+
+
+# --------------------------------------------------------------------------------------------------------
+# which decoder: TensorFlow's graph (plain JPEG at a DCT scale, 8-bit PNG) or Pillow
+# --------------------------------------------------------------------------------------------------------
+
+def test_each_file_gets_the_graph_decoder_where_it_can(tmp_path):
+    a = tmp_path / "a"
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 260, 3), dtype=np.uint8))
+    _save(a / "big.jpg", rgb, quality=90)                                    # 260x100 for a 24x24 target
+    _save(a / "small.jpg", rgb.resize((20, 10)), quality=90)
+    _save(a / "rgb.png", rgb)
+    _save(a / "gray.png", rgb.convert("L"))
+    _save(a / "palette.png", rgb.convert("P", palette=Image.ADAPTIVE))
+    _save(a / "cmyk.jpg", rgb.convert("CMYK"))
+    _exif_rotated_jpeg(a / "rotated.jpg")
+    _save(a / "16bit.png", Image.fromarray(np.full((8, 16), 300, np.uint16)))
+    decoders = {p.name: kfolders._check_file(p, (24, 24))[3] for p in sorted(a.iterdir())}
+    jpeg = {r: kfolders._JPEG + kfolders._JPEG_RATIOS.index(r) for r in (1, 2, 4, 8)}
+    assert decoders == {"big.jpg": jpeg[4], "small.jpg": jpeg[1], "rgb.png": kfolders._PNG,
+                        "gray.png": kfolders._PNG, "palette.png": kfolders._PILLOW,
+                        "cmyk.jpg": kfolders._PILLOW, "rotated.jpg": kfolders._PILLOW,
+                        "16bit.png": kfolders._PILLOW}
+    assert kfolders._check_file(a / "big.jpg", (48, 48))[3] == jpeg[2]      # min(260 // 48, 100 // 48) = 2
+
+
+def test_a_large_jpeg_decoded_at_a_dct_scale_is_close_to_pillows_full_decode(tmp_path):
+    root = tmp_path / "big"
+    y, x = np.mgrid[:400, :400]
+    smooth = np.stack([x * 255 // 399, y * 255 // 399, (x + y) * 255 // 798], -1).astype(np.uint8)
+    for c in ("a", "b"):
+        _save(root / c / "0.jpg", Image.fromarray(smooth), quality=95)
+    splits = kdata.load(root, image_size=48, val_fraction=0, test_fraction=0)
+    assert kfolders._check_file(root / "a" / "0.jpg", (48, 48))[3] == kfolders._JPEG  # ratio 8: 50x50
+    reference = np.asarray(Image.fromarray(smooth).resize((48, 48), Image.BILINEAR), np.float32)
+    x, _ = splits.arrays["train"]
+    assert np.abs(x[0] - reference).mean() < 2.0 and np.abs(x[0] - reference).max() < 12
+
+
+def test_a_jpeg_corrupt_inside_keeps_its_place_as_a_black_image(tmp_path, monkeypatch):
+    root = tmp_path / "j"
+    _unique_folder(root, {"a": 3, "b": 3})
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    huffman = data.index(b"\xff\xc4")
+    data[huffman + 5:huffman + 21] = b"\xff" * 16          # a bogus Huffman table: the header still reads
+    (root / "a" / "zz_bad.jpg").write_bytes(bytes(data))
+    assert kfolders._check_file(root / "a" / "zz_bad.jpg", (12, 10))[::3] == (None, kfolders._JPEG + kfolders._JPEG_RATIOS.index(2))
+    monkeypatch.setattr(kfolders, "FOLDER_MEMORY_BYTES", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        splits = kdata.load(root, image_size=(12, 10), batch_size=4, val_fraction=0, test_fraction=0, cache=False)
+        x, _ = splits.arrays["train"]
+    names = [p.rsplit("/", 1)[-1] for p, _ in splits.skipped]
+    assert splits.num_examples["train"] == 7 and names == ["zz_bad.jpg"]
+    assert not x[3].any() and x[:3].any() and x[4:].all(axis=(1, 2, 3)).all()

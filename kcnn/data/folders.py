@@ -1,18 +1,23 @@
 """The image-folder source: a folder of class sub-folders, or of ``train/`` ``val/`` ``test/`` split folders.
 
 ``load`` lists the files, checks each one cheaply (below), and makes the seeded stratified split on the file
-list. Images are decoded by Pillow (converted to RGB: grayscale, palette, RGBA, CMYK and 16-bit images
-included; an animated GIF gives its first frame; an EXIF-rotated JPEG comes out upright as a photo viewer
-shows it) and resized to the target size (bilinear, antialiased; a large JPEG is first decoded at a reduced
-DCT scale no smaller than the target). Where a split is decoded depends on its size and on ``cache``:
+list. Images are decoded in the ``tf.data`` graph, in parallel, where the file allows: a JPEG in RGB or
+grayscale without an EXIF rotation by ``tf.io.decode_jpeg`` (accurate integer DCT), at the largest DCT scale
+1/2, 1/4 or 1/8 that keeps it at least the target size (Pillow's draft rule), and an 8-bit RGB, RGBA, L or LA
+PNG by ``tf.io.decode_png`` (alpha dropped). Every other file goes through Pillow (``tf.numpy_function``),
+converted to RGB: palette, CMYK and 16-bit images included; an animated GIF gives its first frame; an
+EXIF-rotated JPEG comes out upright as a photo viewer shows it. Then one resize in the graph, to uint8:
+bilinear, antialiased when it reduces by more than 1.25x on an axis (as Pillow's BILINEAR), plain bilinear
+below that (as close to a Lanczos reference there, and 2-3x cheaper). Where a split is decoded depends on its
+size and on ``cache``:
 
 * ``cache=True`` (the default) or ``"memory"``, and the split's decoded images (``n * height * width * 3``
-  bytes) at most :data:`FOLDER_MEMORY_BYTES`: decoded once, in parallel threads, into memory when the split
-  is first used, as before.
+  bytes) at most :data:`FOLDER_MEMORY_BYTES`: decoded once, by the same pipeline in file order, into memory
+  when the split is first used.
 * Otherwise the split streams: ``tf.data`` decodes the files it needs, in parallel, in the pipeline, so memory
   stays bounded by the prefetch whatever the folder's size. ``"memory"`` keeps each decoded image in memory
-  once decoded (the cache fills during the first epoch); a path keeps them in a file (see :class:`_FileStore`);
-  ``False``, or ``True`` above the threshold, decodes every epoch.
+  once decoded (the cache fills during the first epoch; once full, an epoch only reads it); a path keeps
+  them in a file (see :class:`_FileStore`); ``False``, or ``True`` above the threshold, decodes every epoch.
 
 Both ways give the same batches for the same seed: one decoder, and the order is a permutation of indices.
 
@@ -20,10 +25,12 @@ Checks while listing: a file that is empty, that Pillow cannot identify from its
 (a JPEG without its end-of-image marker, a PNG without its IEND chunk, in its last KiB) is skipped, listed in
 ``Splits.skipped`` as ``(path, reason)`` and named in one warning; this reads each file's header and tail, not
 the whole file. Other formats (GIF, BMP), rarer and cheap to decode, are decoded in full while listing. A file
-that passes these checks and still fails to decode later (corrupt inside) keeps its place so that every epoch
-has exactly ``steps_per_epoch`` batches: it yields a black image, is added to ``Splits.skipped`` with the
-reason, and a warning names it. Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left as it is (off by
-default): turned on, it makes truncated files decode with grey tails instead of failing.
+that passes these checks and still fails to decode later (corrupt inside, or gone) keeps its place so that
+every epoch has exactly ``steps_per_epoch`` batches: TensorFlow's decoders raise on it, the batch's failed
+examples are dropped (``ignore_errors``) and decoded again by Pillow (resized by Pillow's BILINEAR), and
+where Pillow fails too the example is a black image, added to ``Splits.skipped`` with the reason and named
+in a warning. Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left as it is (off by default): turned on, it
+makes truncated files decode with grey tails instead of failing.
 """
 from __future__ import annotations
 
@@ -151,6 +158,11 @@ def _resize(image: tf.Tensor, size) -> tf.Tensor:
     return out
 
 
+#: Graph functions are traced as written: AutoGraph's conversion (they have no Python control flow to
+#: convert) took most of a first epoch's start-up.
+_plain = tf.autograph.experimental.do_not_convert
+
+
 def _map_threads(fn, items) -> list:
     workers = min(16, 2 * (os.cpu_count() or 1), max(1, len(items)))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -162,7 +174,11 @@ def _map_threads(fn, items) -> list:
 # ---------------------------------------------------------------------------------------------------------
 
 class _MemoryStore:
-    """Decoded images kept in memory as they are first decoded (pages are allocated as they fill)."""
+    """Decoded images kept in memory as they are first decoded (pages are allocated as they fill).
+
+    It keeps a corrupt file's black image too: that file was named once already in this process."""
+
+    keeps_failed = True
 
     def __init__(self, n: int, size):
         self._shape, self._images = (n,) + tuple(size) + (3,), None
@@ -170,6 +186,9 @@ class _MemoryStore:
 
     def get(self, i: int):
         return self._images[i] if self._filled[i] else None
+
+    def complete(self) -> bool:
+        return bool(self._filled.all())
 
     def get_many(self, index: np.ndarray):
         """All of ``index``'s images as one array if all are cached, else ``None``."""
@@ -192,7 +211,7 @@ class _FileStore:
     """
 
     def __init__(self, path: str, n: int, size):
-        self.path, self._image_bytes = path, int(np.prod(size)) * 3
+        self.path, self._image_bytes, self._n = path, int(np.prod(size)) * 3, n
         self._record, self._shape = self._image_bytes + 1, tuple(size) + (3,)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -203,6 +222,15 @@ class _FileStore:
         except OSError as err:
             raise DataError(f"Cannot write the image cache file {path!r} ({err.strerror}); pass a writable "
                             f"path prefix as `cache`, or cache='memory' or False.") from None
+
+    keeps_failed = False    # a later process names the file again
+
+    def complete(self) -> bool:
+        return all(os.pread(self._fd, 1, i * self._record + self._image_bytes) == b"\x01"
+                   for i in range(len(self)))
+
+    def __len__(self) -> int:
+        return self._n
 
     def get_many(self, index: np.ndarray):
         """All of ``index``'s images as one array if all are cached, else ``None``."""
@@ -294,9 +322,9 @@ class _FilePart(_Part):
             shape = self.image_size + (3,)
             paths, decoders = tf.constant(self.paths.astype(str)), tf.constant(self.decoders)
             self._graph = {"paths": paths, "decoders": decoders, "labels": tf.constant(self.y)}
-            self._graph["decode_one"] = tf.function(self._decode_one, reduce_retracing=True,
+            self._graph["decode_one"] = tf.function(self._decode_one, autograph=False,
                                                     input_signature=[tf.TensorSpec((), tf.int64)])
-            self._graph["complete"] = tf.function(self._complete, input_signature=[
+            self._graph["complete"] = tf.function(self._complete, autograph=False, input_signature=[
                 tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None,), tf.int32),
                 tf.TensorSpec((None,) + shape, tf.uint8)])
         return self._graph
@@ -327,7 +355,7 @@ class _FilePart(_Part):
         n = tf.shape(index)[0]
         end = tf.data.Dataset.from_tensors((tf.constant(-1), tf.zeros(self.image_size + (3,), tf.uint8)))
         return (tf.data.Dataset.from_tensor_slices((tf.range(n), index))
-                .map(lambda p, i: (p, self._graph["decode_one"](i)), num_parallel_calls=tf.data.AUTOTUNE,
+                .map(_plain(lambda p, i: (p, self._graph["decode_one"](i))), num_parallel_calls=tf.data.AUTOTUNE,
                      deterministic=True)
                 .ignore_errors()
                 .concatenate(end)
@@ -369,10 +397,15 @@ class _FilePart(_Part):
         complete = graph["complete"]
         index = index.batch(batch_size)
         store, shape = self._store, self.image_size + (3,)
+        if store is not None and store.complete():     # every image cached: read them, nothing else
+            return index.map(_plain(lambda i: (tf.ensure_shape(tf.numpy_function(store.get_many, [i], tf.uint8,
+                                                                                 stateful=True), (None,) + shape), i)),
+                             num_parallel_calls=2, deterministic=True)
         if store is None:
-            return (index.interleave(lambda i: self._decode_batch(i).map(lambda p, x: (i, p, x)), cycle_length=2,
+            return (index.interleave(_plain(lambda i: self._decode_batch(i).map(_plain(lambda p, x: (i, p, x)))),
+                                     cycle_length=2,
                                      num_parallel_calls=2, deterministic=True)
-                    .map(lambda i, p, x: (complete(i, p, x), i)))
+                    .map(_plain(lambda i, p, x: (complete(i, p, x), i))))
 
         def get(i):
             images = store.get_many(i)
@@ -380,7 +413,7 @@ class _FilePart(_Part):
 
         def put(i, images):
             for k, j in enumerate(i):
-                if self.paths[j] not in self._failed:
+                if store.keeps_failed or self.paths[j] not in self._failed:
                     store.put(int(j), images[k])
             return np.int32(len(i))
 
@@ -390,8 +423,8 @@ class _FilePart(_Part):
 
         def decode(i, images):
             hit = tf.data.Dataset.from_tensors((i, tf.constant([-1]), images, True))
-            miss = self._decode_batch(i).map(lambda p, x: (i, p, x, False))
-            return hit.filter(lambda i, p, x, h: tf.shape(x)[0] > 0).concatenate(miss).take(1)
+            miss = self._decode_batch(i).map(_plain(lambda p, x: (i, p, x, False)))
+            return hit.filter(_plain(lambda i, p, x, h: tf.shape(x)[0] > 0)).concatenate(miss).take(1)
 
         def keep(i, p, x, hit):
             def decoded():
@@ -404,9 +437,9 @@ class _FilePart(_Part):
             images.set_shape((None,) + shape)
             return images, i
 
-        return (index.map(cached)
-                .interleave(decode, cycle_length=2, num_parallel_calls=2, deterministic=True)
-                .map(keep))
+        return (index.map(_plain(cached))
+                .interleave(_plain(decode), cycle_length=2, num_parallel_calls=2, deterministic=True)
+                .map(_plain(keep)))
 
     def _memory_part(self) -> _MemoryPart:
         if self._memory is None:
@@ -435,7 +468,8 @@ class _FilePart(_Part):
         self._prepare_stream()
         labels = self._tensors()["labels"]
         images = self._images(_index_dataset(self.num_examples, shuffle_seed, epoch, shard), batch_size)
-        return images.map(lambda x, i: (_as_float(x), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE)
+        return images.map(_plain(lambda x, i: (_as_float(x), tf.gather(labels, i))),
+                          num_parallel_calls=tf.data.AUTOTUNE)
 
     def numpy(self):
         if self.in_memory:
