@@ -21,6 +21,12 @@ def _values(rows, key):
                                                               for v in values]
 
 
+def _present(epochs, values):
+    """The (epoch, value) points that have a value: validated every few epochs, a line joins them."""
+    kept = [(e, v) for e, v in zip(epochs, values) if not np.isnan(v)]
+    return [e for e, _ in kept], [v for _, v in kept]
+
+
 def learning_curves(history: list[dict], path, title: str = "", comparison: list[dict] | None = None,
                     comparison_label: str = "from scratch") -> Path:
     """Plot loss and accuracy per epoch (train and val) with dashed lines where a new phase starts.
@@ -43,10 +49,10 @@ def learning_curves(history: list[dict], path, title: str = "", comparison: list
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             values = _values(history, key)
             if values is not None:
-                ax.plot(epochs, values, style, marker=marker, label=key, ms=3)
+                ax.plot(*_present(epochs, values), style, marker=marker, label=key, ms=3)
             other = _values(comparison or [], key)
             if other is not None:
-                ax.plot([row["epoch"] for row in comparison], other, style, color="gray", lw=1,
+                ax.plot(*_present([row["epoch"] for row in comparison], other), style, color="gray", lw=1,
                         label=f"{key} ({comparison_label})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)

@@ -157,3 +157,14 @@ def test_the_recipes_turn_onednn_on_and_leave_a_users_choice_alone():
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert _fresh_python(code) == "1 True"
     assert _fresh_python(code, {"TF_ENABLE_ONEDNN_OPTS": "0"}) == "0 False"
+
+
+def test_curves_join_the_epochs_that_were_validated(tmp_path):
+    """Validated every few epochs (fit_schedule's validation_freq), the val curve joins those points
+    instead of vanishing between gaps."""
+    from kcnn import plots
+
+    assert plots._present([1, 2, 3, 4], [np.nan, 0.5, np.nan, 0.25]) == ([2, 4], [0.5, 0.25])
+    rows = [{"epoch": e, "loss": 1.0 / e, **({"val_loss": 2.0 / e} if e % 3 == 0 else {})} for e in range(1, 61)]
+    path = plots.learning_curves(rows, tmp_path / "curves.png", comparison=rows)
+    assert path.stat().st_size > 1000

@@ -707,3 +707,17 @@ def test_resident_validation_keeps_the_batches():
                for a, b in zip(ours, theirs))
     assert fit_module.resident(splits.val, limit=1000) is splits.val   # too large: the dataset itself
     assert fit_module.resident(None) is None
+
+
+def test_validation_freq_validates_every_nth_epoch_and_each_phase_end():
+    from kcnn import data as kdata
+
+    splits = kdata.load("digits", image_size=12, per_class=3, seed=2)
+    bb = T.backbone("allcnn_a", None, (12, 12, 3))
+    model = T.classifier(bb, 10)
+    schedule = [T.Phase(4, "head", lr=0.05), T.Phase(3, "all", lr=0.01)]
+    history = T.fit_schedule(model, bb, schedule, splits, verbose=0, validation_freq=3)
+    assert [row["epoch"] for row in history.epochs if "val_loss" in row] == [3, 4, 6, 7]
+    assert all("loss" in row for row in history.epochs) and len(history.epochs) == 7
+    with pytest.raises(ValueError, match="validation_freq"):
+        T.fit_schedule(model, bb, schedule, splits, verbose=0, validation_freq=0)

@@ -99,7 +99,8 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
                  initial_epoch: int = 0, steps_per_execution: int = perf.DEFAULT_STEPS_PER_EXECUTION,
                  verbose=1, feature_cache: bool = True, augmented: bool | None = None,
                  bn_momentum: float | None = kl.BN_MOMENTUM, on_phase_end: Callable | None = None,
-                 on_epoch_end: Callable | None = None, resume_state: dict | None = None) -> ScheduleHistory:
+                 on_epoch_end: Callable | None = None, resume_state: dict | None = None,
+                 validation_freq: int = 1) -> ScheduleHistory:
     """Fine-tune a `classifier` through the phases of a schedule.
 
     Each phase gets its own optimizer (loss: sparse categorical cross-entropy, metric: accuracy) after setting
@@ -149,6 +150,8 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         resume_state: The arrays of the checkpoint written after epoch ``initial_epoch``: when it falls inside
             a phase, that phase's optimizer (slots, iteration count, so the learning-rate schedule's position)
             is restored from it. Without it a resumed phase starts a fresh optimizer at the scheduled rate.
+        validation_freq: Validate after every ``validation_freq``-th epoch (global numbers) and after each
+            phase's last epoch; the other rows have no ``val_*`` entries. 1 (default): every epoch.
 
     Returns:
         A `ScheduleHistory`. The model is left compiled (loss, accuracy, a stock optimizer of the last phase)
@@ -161,6 +164,9 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         >>> history.epochs[-1]["val_accuracy"]
     """
     initial_epoch = check_initial_epoch(initial_epoch)
+    if isinstance(validation_freq, bool) or not isinstance(validation_freq, (int, np.integer)) \
+            or validation_freq < 1:
+        raise ValueError(f"`validation_freq` must be an int >= 1. Received: validation_freq={validation_freq!r}")
     plans = make_plan(model, backbone, schedule)
     data = EpochData(train_ds, val_ds)
     if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
@@ -242,8 +248,9 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         try:
             for a, b in segments:
                 # keyed data: epochs a..b-1 back to back, each exactly data.steps batches
+                validated = [e for e in range(a + 1, b + 1) if e % validation_freq == 0 or e == end]
                 runner.fit(epochs_data(a, b), validation_data=fit_val, initial_epoch=a, epochs=b,
-                           steps_per_epoch=data.steps,
+                           steps_per_epoch=data.steps, validation_freq=validated,
                            verbose=progress.fit_verbose, shuffle=False,
                            callbacks=[recorder, *progress.callbacks(), *pinned, _EpochEnd(epoch_end)])
                 if getattr(model, "stop_training", False):
