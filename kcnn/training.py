@@ -224,7 +224,7 @@ def size_option(source: str, examples: int) -> dict:
     return {"num_examples": examples} if source.split(":")[0] in ("glyphs", "shapes") else {"limit": examples}
 
 
-def pretrained_checkpoint(arch: str, *, source: str = "glyphs", examples: int = 8000, epochs: int = 6,
+def pretrained_checkpoint(arch: str, *, source: str = "glyphs", examples: int = 8000, epochs: int = 3,
                           image_size: int = 32, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                           verbose=1, cache_dir=None) -> Path:
     """A checkpoint of ``arch`` pretrained on ``source``, from the cache or trained now (then cached).

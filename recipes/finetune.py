@@ -37,7 +37,7 @@ class FinetuneConfig:
     weights: str = field(default="glyphs", metadata={"help": "glyphs (pretrain on kcnn's synthetic glyphs, "
                                                      "cached) | imagenet | none | PATH (.h5) | kcnn checkpoint"})
     pretrain_examples: int = field(default=8000, metadata={"help": "synthetic images for --weights glyphs"})
-    pretrain_epochs: int = field(default=6, metadata={"help": "epochs for --weights glyphs"})
+    pretrain_epochs: int = field(default=3, metadata={"help": "epochs for --weights glyphs"})
     # how to fine-tune -----------------------------------------------------------------------------------------
     schedule: str = field(default="demo", metadata={"help": "preset (demo, lecture, two-phase, gradual) or a "
                                                     "TOML/JSON schedule file"})
