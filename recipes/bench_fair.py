@@ -5,7 +5,8 @@ PyTorch twin) one after the other, each in a fresh process that times ``--epochs
 order alternates between rounds (kcnn first in rounds 1, 3, ...; PyTorch first in rounds 2, 4, ...) so a drift
 in machine load does not favour one side. The epochs of all rounds are pooled per library:
 
-* median and best epoch img/s, and the spread (max - min) / median of the epochs;
+* median and best epoch img/s, and the spread (max - min) / median of the epochs, pooled and within one process
+  (the median over the rounds: how steady one run is, apart from the differences between processes);
 * GFLOP/s of the median (``factor x 2 x MACs x img/s``, factor 3 for all-layers training, 1 for the
   frozen-backbone phase) and its fraction of the matmul peak that library measured in its first round;
 * the headline: median / median, and best / best, computed from the rounded figures printed above them.
@@ -76,7 +77,10 @@ def _summary(runs: list, factor: int) -> dict:
     median = round(statistics.median(rates), 1)
     first = runs[0]
     macs, peak = first.get("macs_per_image"), first.get("peak_gflops")
+    within = [(max(run["images_per_sec_epochs"]) - min(run["images_per_sec_epochs"]))
+              / statistics.median(run["images_per_sec_epochs"]) for run in runs if run["images_per_sec_epochs"]]
     out = dict(median=median, best=round(max(rates), 1), spread=round((max(rates) - min(rates)) / median, 3),
+               spread_within=round(statistics.median(within), 3) if within else None,
                epochs=len(rates), rates=rates,
                inference_median=round(statistics.median(infer), 1) if infer else None,
                macs_per_image=macs, peak_gflops=peak, peak_dtype=first.get("peak_dtype"),
@@ -113,6 +117,8 @@ def orchestrate(rounds: int, factor: int, launch: Callable, peak_size: int) -> d
         s = result[library] = _summary(runs[library], factor)
         text = (f"training   {library:<5} {s['median']:10,.1f} img/s median of {s['epochs']} epochs; "
                 f"best {s['best']:,.1f}; spread {100 * s['spread']:.1f}%")
+        if s["spread_within"] is not None:
+            text += f" (within one process: {100 * s['spread_within']:.1f}%, median of the rounds)"
         if "train_gflops" in s:
             text += f"; {s['train_gflops']:,.1f} GFLOP/s"
         if "peak_fraction" in s:

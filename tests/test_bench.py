@@ -305,6 +305,9 @@ def test_fair_orchestration_alternates_and_reports_median_ratio(capsys):
     assert result["kcnn"]["median"] == pytest.approx(np.median(kcnn_rates))
     assert result["kcnn"]["best"] == 120.0
     assert result["kcnn"]["spread"] == pytest.approx((120 - 90) / np.median(kcnn_rates), abs=1e-3)
+    within = sorted([10 / 105, 30 / 105, 10 / 100])  # (max - min) / median of each round's epochs
+    assert result["kcnn"]["spread_within"] == pytest.approx(within[1], abs=1e-3)
+    assert "within one process: 10.0%" in out
     assert result["ratio"] == pytest.approx(result["kcnn"]["median"] / result["torch"]["median"], abs=1e-3)
     assert result["ratio_best"] == pytest.approx(120.0 / 210.0, abs=1e-3)
     assert f"training {result['ratio']:.3f}x (median / median)" in out
