@@ -69,8 +69,8 @@ def child(loader: str, folder: str, epochs: int, cache_dir: str) -> dict:
         splits = kdata.load(folder, image_size=SIZE, batch_size=BATCH, val_fraction=0, test_fraction=0,
                             cache=cache, seed=0)
 
-        def epoch(e):
-            return splits.epochs(e, e + 1)
+        def epoch(e):  # what a training run iterates each epoch (kcnn.transfer.EpochData builds it once)
+            return splits.dataset("train", training=True, epoch=e)
     else:
         import keras
 
