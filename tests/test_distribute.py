@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from kcnn import distribute, transfer
+from kcnn.distribute import loop as distribute_loop
 from recipes import pretrain, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -498,10 +499,10 @@ def test_shard_dataset_function_gives_each_worker_its_own_files(local_replicas):
     for index in range(2):
         data = transfer.EpochData(splits, shard=(index, 2), batch_size=per_worker)
         assert data.steps == 4
-        dataset_fn = distribute._shard_input_fn(data, 3, 12)
+        dataset_fn = distribute_loop._shard_input_fn(data, 3, 12)
         batches = [y.numpy().tolist() for _, y in dataset_fn(tf.distribute.InputContext(2, index, replicas))]
         resumed = transfer.EpochData(_id_splits(), shard=(index, 2), batch_size=per_worker)  # a new process
-        again = distribute._shard_input_fn(resumed, 3, 12)(tf.distribute.InputContext(2, index, replicas))
+        again = distribute_loop._shard_input_fn(resumed, 3, 12)(tf.distribute.InputContext(2, index, replicas))
         assert [y.numpy().tolist() for _, y in again] == batches  # epoch-keyed: a resumed run reads the same
         labels.append([label for batch in batches for label in batch])
         sizes.append([len(batch) for batch in batches])
@@ -523,7 +524,7 @@ def test_global_batch_must_divide_by_the_replicas():
     with pytest.raises(distribute.DistributeError, match="--batch-size 4"):
         distribute.per_worker_batch(3, 4, 4)
     assert distribute.per_worker_batch(64, 4, 2) == 32
-    assert distribute._workers(tf.distribute.get_strategy()) == (1, 0)  # one worker: nothing is sharded
+    assert distribute_loop._workers(tf.distribute.get_strategy()) == (1, 0)  # one worker: nothing is sharded
     with pytest.raises(ValueError, match="Splits only"):
         transfer.EpochData(tf.data.Dataset.range(4).batch(2), shard=(0, 2))
 
@@ -537,7 +538,7 @@ def test_the_recipes_check_the_global_batch_before_the_run_opens(monkeypatch):
     splits = kdata.load("digits", image_size=8, batch_size=7)
     strategy = types.SimpleNamespace(num_replicas_in_sync=2)
     assert distribute.check_batch(strategy, splits) is None  # one worker: nothing is sharded
-    monkeypatch.setattr(distribute, "_workers", lambda strategy: (2, 0))
+    monkeypatch.setattr(distribute_loop, "_workers", lambda strategy: (2, 0))
     with pytest.raises(distribute.DistributeError, match=r"--batch-size 7 .* 2 replicas .* 6 or 8"):
         distribute.check_batch(strategy, splits)
     assert distribute.check_batch(strategy, kdata.load("digits", image_size=8, batch_size=8)) == 4
