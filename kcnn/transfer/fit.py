@@ -179,13 +179,6 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     stochastic_body = any(isinstance(layer, _STOCHASTIC) for layer in sublayers(body))
     pinned = [_Pinned(c, model, plans[-1].end) for c in callbacks]
     resident_val = None  # [the validation data one fit of many short epochs reads], made once
-
-    def segments_of(plan, first=None):
-        # keyed data: short epochs run as one fit over the phase (see fit_segments); a plain dataset is one
-        # fit per epoch, as Keras iterates it (its length may be unknown)
-        return fit_segments(plan.start if first is None else first, plan.end,
-                            data.steps if data.keyed else LONG_EPOCH_STEPS)
-
     count = len(plans)
     last_phase = plans[-1].phase
     for plan in plans:
@@ -223,7 +216,9 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
             fit_val = resident_val[0]
             epochs_data = ((lambda a, b: data.splits.epochs(a, b)) if data.keyed
                            else (lambda a, b: data.epoch(a)))
-        segments = segments_of(plan, first)
+        # keyed data: short epochs run as one fit over the phase (see fit_segments); a plain dataset is one fit
+        # per epoch, as Keras iterates it (its length may be unknown)
+        segments = fit_segments(first, end, data.steps if data.keyed else LONG_EPOCH_STEPS)
         execution = (segment_execution(data.steps, steps_per_execution) if len(segments) == 1 and end - first > 1
                      else steps_per_execution)
         optimizer = make_optimizer(phase, rate, multipliers)
