@@ -721,3 +721,20 @@ def test_validation_freq_validates_every_nth_epoch_and_each_phase_end():
     assert all("loss" in row for row in history.epochs) and len(history.epochs) == 7
     with pytest.raises(ValueError, match="validation_freq"):
         T.fit_schedule(model, bb, schedule, splits, verbose=0, validation_freq=0)
+
+
+def test_epoch_data_gives_one_epoch_from_its_traced_once_stream():
+    """fit_schedule's long epochs (one fit each) read EpochData's one stream, not a new Splits.epochs per epoch
+    (a flat_map traced per call, about a second for a folder); several epochs at once are Splits.epochs."""
+    from kcnn import data as kdata
+    from kcnn.transfer.datasets import EpochData
+
+    splits = kdata.load("digits", image_size=8, batch_size=500, seed=0)
+    data = EpochData(splits)
+    assert data.epochs(3, 4) is data.epochs(5, 6) is data.epoch(0)
+    one = [x.numpy() for x, _ in data.epochs(2, 3)]
+    both = [x.numpy() for x, _ in data.epochs(1, 3)]
+    assert len(one) == data.steps and len(both) == 2 * data.steps
+    assert all(np.array_equal(a, b) for a, b in zip(one, both[data.steps:]))
+    with pytest.raises(ValueError, match="one epoch at a time"):
+        EpochData(splits.train).epochs(0, 2)

@@ -112,6 +112,18 @@ class EpochData:
             ).prefetch(tf.data.AUTOTUNE)
         return self._stream
 
+    def epochs(self, first: int, end: int):
+        """The training batches of epochs ``first, ..., end - 1`` back to back (keyed data), each epoch exactly
+        `steps` batches and equal to `epoch`'s. One epoch is `epoch` itself (its pipeline traced once for the
+        whole run); several are ``Splits.epochs``, whose ``flat_map`` is traced once per call. A plain dataset,
+        a shard or a batch size of its own is one epoch at a time: ``end - first`` must then be 1."""
+        if end - first == 1:
+            return self.epoch(first)
+        if not self.keyed or self.shard or self.batch_size is not None:
+            raise ValueError(f"Only unsharded keyed data give several epochs at once; iterate `epoch(e)` one "
+                             f"epoch at a time. Received: first={first}, end={end}")
+        return self.splits.epochs(int(first), int(end))
+
     def fixed(self):
         """The training data in a fixed order without augmentation (keyed data), else the plain dataset."""
         if not self.keyed:

@@ -214,8 +214,7 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
             if resident_val is None:
                 resident_val = [resident(data.val) if data.keyed and data.steps < LONG_EPOCH_STEPS else data.val]
             fit_val = resident_val[0]
-            epochs_data = ((lambda a, b: data.splits.epochs(a, b)) if data.keyed
-                           else (lambda a, b: data.epoch(a)))
+            epochs_data = data.epochs
         # keyed data: short epochs run as one fit over the phase (see fit_segments); a plain dataset is one fit
         # per epoch, as Keras iterates it (its length may be unknown)
         segments = fit_segments(first, end, data.steps if data.keyed else LONG_EPOCH_STEPS)
