@@ -53,7 +53,7 @@ class _FeatureCache:
 
     def fill_fixed(self, fixed_ds, val_ds, verbose) -> float:
         """Compute features of data known to be unaugmented, from ``fixed_ds`` (a fixed order); the epochs
-        then shuffle them by (seed, epoch) (`epoch_dataset`). Returns the seconds spent."""
+        then shuffle them by (seed, epoch) (`epochs_dataset`). Returns the seconds spent."""
         def plan():
             feats, extras, batch_size, _ = _extract(self.pre, self.body, self.pool, fixed_ds, False)
             return feats, extras, batch_size, True
@@ -80,14 +80,10 @@ class _FeatureCache:
             self.val = (feats, extras, batch_size, False)
         return time.perf_counter() - started
 
-    def epoch_dataset(self, seed: int, epoch: int):
-        """The cached training features of one epoch, in an order that is a pure function of (seed, epoch)."""
-        return self.epochs_dataset(seed, epoch, epoch + 1)
-
     def epochs_dataset(self, seed: int, first: int, end: int):
-        """Epochs ``first, ..., end - 1`` of the cached training features back to back: epoch ``e`` in the
-        order of `epoch_dataset` ``(seed, e)``, batched on its own (its last batch may be short). The features
-        are one constant; each epoch is a row of indices into them."""
+        """Epochs ``first, ..., end - 1`` of the cached training features back to back: epoch ``e`` in an order
+        that is a pure function of ``(seed, e)``, batched on its own (its last batch may be short). The
+        features are one constant; each epoch is a row of indices into them."""
         feats, extras, batch_size, _ = self.train
         orders = np.stack([np.random.default_rng([int(seed), int(e), 0xFEA7]).permutation(len(feats))
                            for e in range(int(first), int(end))]) if end > first else np.zeros((0, len(feats)))
