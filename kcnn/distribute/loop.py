@@ -283,12 +283,12 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                                                      bn="train", name="train")])
     initial_epoch = transfer.check_initial_epoch(initial_epoch)
     plans = transfer.make_plan(model, backbone, schedule)
-    workers, worker_id = _workers(strategy)
-    sharded = workers > 1 and _shards_files(train_ds)
+    per_worker = check_batch(strategy, train_ds)
+    sharded = per_worker is not None
     if sharded:  # each worker reads its own shard of the training files: global batch / workers a step
+        workers, worker_id = _workers(strategy)
         global_batch = int(train_ds.batch_size)
-        data = transfer.EpochData(train_ds, val_ds, shard=(worker_id, workers), batch_size=per_worker_batch(
-            global_batch, strategy.num_replicas_in_sync, workers))
+        data = transfer.EpochData(train_ds, val_ds, shard=(worker_id, workers), batch_size=per_worker)
     else:
         data = transfer.EpochData(train_ds, val_ds)
     steps = data.steps
