@@ -174,7 +174,7 @@ def classifier_head(
                 x = layers.Dropout(rate, name=f"fc{i + 1}_dropout")(x)
         x = layers.Conv2D(classes, 1, kernel_initializer=classifier_initializer, name="predictions_conv")(x)
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        return layers.Activation(classifier_activation or "linear", name="predictions")(x)
+        return layers.Activation(classifier_activation or "linear", name="predictions", **_output_dtype())(x)
     if head == "dense":
         if None in tuple(x.shape[1:]):
             raise ValueError(
@@ -189,7 +189,15 @@ def classifier_head(
         if rate:
             x = layers.Dropout(rate, name=f"fc{i + 1}_dropout")(x)
     return layers.Dense(classes, activation=classifier_activation, kernel_initializer=classifier_initializer,
-                        name="predictions")(x)
+                        name="predictions", **_output_dtype())(x)
+
+
+def _output_dtype() -> dict:
+    """Under a mixed-precision policy the class scores are computed in float32 (softmax and the loss need the
+    range and resolution bfloat16/float16 lack); under float32 the layer keeps Keras' default."""
+    import keras
+
+    return {"dtype": "float32"} if keras.mixed_precision.global_policy().name.startswith("mixed_") else {}
 
 
 def zero_pad_shortcut(x, filters: int, strides: int, name: str):

@@ -1,28 +1,38 @@
 """Training speed: the per-device settings kcnn trains with, a fused batch-norm layer, and the machine's peak.
 
-CIFAR ResNet-20, batch 128, 2 x86 cores (AVX-512, no AMX), TensorFlow 2.21 / Keras 3.15, on a quiet machine
-(re-measure with ``python -m recipes.bench --reference torch`` and its lever options):
+CIFAR ResNet-20, batch 128, 32 px, training, 2 cores of an Intel CPU with AVX-512 and AMX, TensorFlow 2.21 /
+Keras 3.15, each setting in its own process, 2 rounds x 3 epochs (re-measure with ``python -m recipes.bench`` and
+its lever options):
 
-=========================================================  ==================
-setup (training)                                           vs PyTorch eager
-=========================================================  ==================
-Keras ``fit`` defaults                                     0.62-0.72x
-``steps_per_execution=16``                                 0.94x
-``steps_per_execution=16`` + fused batch norm (kcnn's)     1.16x
-XLA (``jit_compile=True``)                                 0.42x
-``mixed_bfloat16`` (no AMX)                                0.56x
-``TF_ENABLE_ONEDNN_OPTS=0``                                0.46x
-=========================================================  ==================
+=====================================================  =========  ==================  ================
+setup (one lever changed from kcnn's settings)         img/s      vs kcnn's float32   vs PyTorch eager
+=====================================================  =========  ==================  ================
+kcnn's float32 settings (steps 16 per call, fused BN)  656        1.00                1.20x
+``mixed_bfloat16`` (AMX): kcnn's setting on this CPU   1,089      1.66                1.99x
+Keras' own batch norm                                  444        0.68                0.81x
+``steps_per_execution=1``                              654        1.00                1.20x
+inter-op threads 1 (intra 0 or 2)                      603-612    0.92-0.93
+remapper off                                           639        0.97
+8 distinct batches, no prefetch (input pipeline)       656        1.00
+XLA (``jit_compile=True``)                             279        0.43
+PyTorch 2.13 eager, channels-last, float32             547        0.83                1.00x
+=====================================================  =========  ==================  ================
 
-* ``steps_per_execution=16`` runs 16 training steps per call into the TensorFlow graph instead of one; the
-  per-step Python and dispatch overhead is most of the gap between a plain ``fit`` and PyTorch on a CPU.
 * `FusedBatchNormalization` computes batch norm with TensorFlow's fused kernel (``FusedBatchNormV3``); Keras
-  3's own layer builds it from separate ops (moments, then normalisation), about a fifth of a ResNet-20
-  training step on a CPU (954 -> 1,183 img/s above).
-* XLA and ``mixed_bfloat16`` made training slower on this CPU; oneDNN is a large win. TensorFlow turns it on
-  by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on an AVX2 AMD EPYC it was off and a ResNet-20 step
-  took 0.69-0.79 s instead of 0.43 s. `enable_onednn` turns it on for the process (call it before TensorFlow
-  is imported; the recipes do); importing kcnn changes no environment variable.
+  3's own layer builds it from separate ops (moments, then normalisation): a third of a ResNet-20 training step
+  and 29% of a ResNet-50 one (5.5 -> 7.7 img/s at 224 px, batch 16). keras.applications backbones get it too
+  (`fuse_batch_norm`).
+* bfloat16 on AMX: oneDNN runs bfloat16 convolutions on the AMX tiles; the variables stay float32. Without AMX
+  (an AMD EPYC with AVX512_BF16, an earlier release) ``mixed_bfloat16`` was 0.56x float32, so `auto_precision`
+  picks it only where the CPU reports ``amx_bf16``.
+* ``steps_per_execution=16`` (16 training steps per call into the graph) made no difference at batch 128 here;
+  it did on an older machine (0.94x -> 1.16x PyTorch with the fused batch norm) and on the short epochs of the
+  demo, so it stays. XLA and fewer inter-op threads were slower; the remapper and the input pipeline did not
+  matter for this in-memory benchmark.
+* oneDNN is a large win: TensorFlow turns it on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on an AVX2
+  AMD EPYC it was off and a ResNet-20 step took 0.69-0.79 s instead of 0.43 s (``TF_ENABLE_ONEDNN_OPTS=0``:
+  0.46x). `enable_onednn` turns it on for the process (call it before TensorFlow is imported; the recipes do);
+  importing kcnn changes no environment variable.
 
 ``import kcnn.perf`` imports neither TensorFlow nor Keras: the functions import them when called, and the
 fused batch-norm class is made on first use (at import when Keras is already loaded).
@@ -70,6 +80,58 @@ def _tensor_cores() -> bool:
     return capability is None or tuple(capability) >= (7, 0)
 
 
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags as Linux reports them (``/proc/cpuinfo``); empty where that file does not exist."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+#: The training precisions of the recipes' ``--precision``; "auto" resolves through `auto_precision`.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+PRECISION_VARIABLE = "KCNN_PRECISION"
+
+
+def auto_precision(device: str | None = None) -> str:
+    """The training precision kcnn's recipes use with ``--precision auto``.
+
+    ``"mixed_bfloat16"`` on a CPU with AMX (Intel's matrix units, flag ``amx_bf16``): oneDNN runs bfloat16
+    convolutions and matmuls there on the AMX tiles, and a CIFAR ResNet-20 trained 1.66x faster than in
+    float32, a ResNet-50 at 224 px (README, "Performance"); the variables stay float32. ``"float32"`` on
+    every other CPU (without AMX, bfloat16 was 0.56x float32) and on a GPU (not measured with kcnn; pass
+    ``precision="mixed_bfloat16"`` yourself). ``$KCNN_PRECISION`` (float32 or mixed_bfloat16), when set, is the
+    answer instead: one machine's or one test suite's fixed choice.
+
+    Raises:
+        ValueError: ``$KCNN_PRECISION`` holds something else.
+    """
+    forced = os.environ.get(PRECISION_VARIABLE)
+    if forced:
+        if forced not in PRECISIONS[1:]:
+            raise ValueError(f"${PRECISION_VARIABLE} must be one of {', '.join(PRECISIONS[1:])} or unset. "
+                             f"Received: {PRECISION_VARIABLE}={forced!r}")
+        return forced
+    if device is None:
+        device = detect_device()
+    return "mixed_bfloat16" if device == "cpu" and "amx_bf16" in cpu_flags() else "float32"
+
+
+def resolve_precision(precision: str, device: str | None = None) -> str:
+    """``precision`` (one of `PRECISIONS`) as a Keras dtype policy name: "auto" becomes `auto_precision`.
+
+    Raises:
+        ValueError: another value.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {list(PRECISIONS)}. Received: precision={precision!r}")
+    return auto_precision(device) if precision == "auto" else precision
+
+
 def auto_settings(device: str | None = None, **overrides) -> dict:
     """The training settings kcnn uses on a device, with any of them overridden.
 
@@ -78,8 +140,10 @@ def auto_settings(device: str | None = None, **overrides) -> dict:
     ========================  ==============  =========================================================
     ``steps_per_execution``   16              16
     ``jit_compile``           False           True
-    ``mixed_precision``       "float32"       "mixed_float16" (compute capability >= 7.0, else float32)
+    ``mixed_precision``       (1)             "mixed_float16" (compute capability >= 7.0, else float32)
     ========================  ==============  =========================================================
+
+    (1) `auto_precision`: "mixed_bfloat16" on a CPU with AMX, "float32" on other CPUs.
 
     Args:
         device: "cpu", "gpu" or None (detect: "gpu" when TensorFlow sees one).
@@ -96,7 +160,7 @@ def auto_settings(device: str | None = None, **overrides) -> dict:
         ValueError: an unknown device, setting or value.
 
     Example:
-        >>> auto_settings("cpu")
+        >>> auto_settings("cpu", mixed_precision="float32")
         {'device': 'cpu', 'steps_per_execution': 16, 'jit_compile': False, 'mixed_precision': 'float32', \
 'measured': True}
     """
@@ -104,9 +168,9 @@ def auto_settings(device: str | None = None, **overrides) -> dict:
         device = detect_device()
     if device not in DEVICES:
         raise ValueError(f"`device` must be one of {list(DEVICES)} or None. Received: device={device!r}")
-    if device == "cpu":
+    if device == "cpu":  # mixed_precision: `auto_precision` (bfloat16 on CPUs with AMX, else float32)
         settings = dict(device="cpu", steps_per_execution=DEFAULT_STEPS_PER_EXECUTION, jit_compile=False,
-                        mixed_precision="float32", measured=True)
+                        mixed_precision=auto_precision("cpu"), measured=True)
     else:
         settings = dict(device="gpu", steps_per_execution=DEFAULT_STEPS_PER_EXECUTION, jit_compile=True,
                         mixed_precision="mixed_float16" if _tensor_cores() else "float32", measured=False)
@@ -364,7 +428,53 @@ def _swap_batch_norm(config, old: dict, new: dict):
     return out
 
 
-def _rewrite_keras_file(src, dst, old: dict, new: dict) -> None:
+def fuse_batch_norm(model):
+    """``model`` with Keras' batch-norm layers computed by `FusedBatchNormalization`: a copy, or ``model`` itself.
+
+    keras.applications builds its networks with Keras' own ``BatchNormalization``, which computes batch norm
+    from separate ops; this rebuilds a functional model from its config with kcnn's fused layer in their place
+    (same names, config, weights, trainable flags and outputs) and copies the weights over. A model without such
+    a layer, one that is not functional, or any model after ``use_fused_batch_norm(False)`` comes back as it is.
+    Measured on ResNet-50 (224 px, batch 16, all layers learning, 2 CPU cores): README, "Performance".
+    """
+    import keras
+
+    if not _FUSED["enabled"] or not hasattr(model, "get_config"):
+        return model
+    stock = keras.layers.BatchNormalization
+    if not any(type(layer) is stock for layer in getattr(model, "layers", [])):  # noqa: E721
+        return model
+    try:
+        config = model.get_config()
+    except NotImplementedError:  # a subclassed model
+        return model
+    swapped = _swap_batch_norm(config, _STOCK_CONFIG, _FUSED_CONFIG)
+    _fused_class()
+    clone = model.__class__.from_config(swapped)
+    clone.set_weights(model.get_weights())
+    clone.trainable = model.trainable  # first: setting it sets every layer's flag
+    flags = {layer.name: layer.trainable for layer in model.layers}
+    for layer in clone.layers:
+        layer.trainable = flags.get(layer.name, layer.trainable)
+    return clone
+
+
+def _drop_mixed_dtypes(config):
+    """A .keras config without the dtype of layers that computed under a mixed-precision policy: loaded, they
+    follow the loading process's policy (float32 by default) instead; explicit float32 layers stay float32."""
+    if isinstance(config, list):
+        return [_drop_mixed_dtypes(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: _drop_mixed_dtypes(v) for k, v in config.items()}
+    dtype = out.get("dtype")
+    name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+    if isinstance(name, str) and name.startswith("mixed_"):
+        del out["dtype"]
+    return out
+
+
+def _rewrite_keras_file(src, dst, transform) -> None:
     import json
     import zipfile
 
@@ -372,7 +482,7 @@ def _rewrite_keras_file(src, dst, old: dict, new: dict) -> None:
         for item in zin.infolist():
             data = zin.read(item.filename)
             if item.filename == "config.json":
-                data = json.dumps(_swap_batch_norm(json.loads(data), old, new)).encode()
+                data = json.dumps(transform(json.loads(data))).encode()
             zout.writestr(item, data)
 
 
@@ -380,8 +490,11 @@ def save_portable(model, path) -> None:
     """``model.save(path)`` (a ``.keras`` file) that loads where kcnn is not installed, written atomically.
 
     kcnn's fused batch norm has Keras' config, weights and semantics, so the file records it as Keras' stock
-    ``BatchNormalization``; every other layer kcnn builds is a stock Keras layer already. The file is written
-    to a temporary name in the same folder and renamed.
+    ``BatchNormalization``; every other layer kcnn builds is a stock Keras layer already. A model trained under
+    a mixed-precision policy (its variables are float32) is saved without that policy on its layers: the file
+    loads as a float32 model, or in the policy of the process that loads it (``kcnn.perf.load_model`` under
+    ``mixed_bfloat16`` trains it on in bfloat16). The file is written to a temporary name in the same folder
+    and renamed.
     """
     from pathlib import Path
 
@@ -390,7 +503,8 @@ def save_portable(model, path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         model.save(raw)
-        _rewrite_keras_file(raw, tmp, _FUSED_CONFIG, _STOCK_CONFIG)
+        _rewrite_keras_file(raw, tmp, lambda config: _drop_mixed_dtypes(
+            _swap_batch_norm(config, _FUSED_CONFIG, _STOCK_CONFIG)))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -418,7 +532,8 @@ def load_model(path):
         _fused_class()  # registered before the file names it
         with tempfile.TemporaryDirectory(prefix="kcnn-load-") as folder:
             local = os.path.join(folder, "model.keras")
-            _rewrite_keras_file(path, local, _STOCK_CONFIG, _FUSED_CONFIG)
+            _rewrite_keras_file(path, local,
+                                lambda config: _swap_batch_norm(config, _STOCK_CONFIG, _FUSED_CONFIG))
             return keras.saving.load_model(local, compile=False, safe_mode=True)
     except Exception as err:  # Keras raises ValueError, TypeError, OSError, zipfile errors...
         text = " ".join(str(err).split())
@@ -431,7 +546,8 @@ if "keras" in sys.modules:  # Keras is loaded already (kcnn.layers imports it fi
 
 __all__ = [
     "auto_settings", "apply_settings", "detect_device", "set_threads", "enable_onednn", "onednn_enabled",
-    "matmul_peak_gflops", "save_portable", "load_model",
+    "matmul_peak_gflops", "save_portable", "load_model", "fuse_batch_norm", "cpu_flags", "auto_precision",
+    "resolve_precision", "PRECISIONS",
     "BatchNormalization", "FusedBatchNormalization", "use_fused_batch_norm", "batch_norm_class",
     "DEFAULT_STEPS_PER_EXECUTION", "MIXED_PRECISION_POLICIES",
 ]

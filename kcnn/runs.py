@@ -234,6 +234,8 @@ class RunDir:
             self.state = self._read_state()
             old = {k: v for k, v in self.state.get("config", {}).items() if k not in self.RESUME_FREE}
             new = {k: v for k, v in jsonable(self.config).items() if k not in self.RESUME_FREE}
+            if "precision" in new:  # runs started before the setting existed trained in float32
+                old.setdefault("precision", "float32")
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if changed:
                 diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)

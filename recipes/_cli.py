@@ -39,6 +39,14 @@ def cpu_devices_field() -> dataclasses.Field:
         "help": "with --distribute mirrored: mirror over N logical CPU devices instead of the GPUs (testing)"})
 
 
+def precision_field() -> dataclasses.Field:
+    """The ``--precision`` option of the training recipes (see `kcnn.perf.auto_precision`)."""
+    return dataclasses.field(default="auto", metadata={
+        "help": "auto (mixed_bfloat16 on a CPU with AMX, else float32; $KCNN_PRECISION overrides auto) | "
+                "float32 | mixed_bfloat16 (bfloat16 compute, float32 weights)",
+        "choices": ["auto", "float32", "mixed_bfloat16"]})
+
+
 def check_distribute(cfg) -> None:
     """``--cpu-devices`` needs ``--distribute mirrored`` and N >= 1."""
     if cfg.cpu_devices is not None and (cfg.distribute != "mirrored" or cfg.cpu_devices < 1):
@@ -68,8 +76,16 @@ def use_onednn() -> None:
 
 
 def run_config(cfg, **overrides) -> dict:
-    """``cfg`` as the dict a run folder's config.toml records: without the placement fields, plus overrides."""
-    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in PLACEMENT}, **overrides}
+    """``cfg`` as the dict a run folder's config.toml records: without the placement fields, plus overrides.
+
+    ``precision`` is recorded as what it resolves to on this machine ("auto" -> float32 or mixed_bfloat16), so a
+    resumed run computes in the precision it started with, or is refused with the difference named."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PLACEMENT}
+    if "precision" in config:
+        from kcnn import perf
+
+        config["precision"] = perf.resolve_precision(config["precision"])
+    return {**config, **overrides}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,7 +2,8 @@
 
 1. check every input           the recipe's ``check`` (flags), then the run folder (`kcnn.runs.RunDir.check`):
                                a refusal writes nothing
-2. strategy and seed           before anything starts TensorFlow's runtime (logical CPU devices, collectives)
+2. precision, strategy, seed   the Keras dtype policy (config["precision"]); the strategy and seed before anything
+                               starts TensorFlow's runtime (logical CPU devices, collectives)
 3. data, model, checks         under the strategy's scope; bad data, backbone names or weight files fail here,
                                then the pre-flight checks (kcnn.checks: a "fail" refuses to train), still
                                before anything is written to --out
@@ -61,6 +62,10 @@ def execute(job: Job) -> int:
     Ctrl-C says where the run stands: before the run folder is opened nothing was written to --out; after,
     the message names the folder to continue with ``--resume``."""
     opened = []
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(job.config.get("precision", "float32"))
     try:
         return _execute(job, opened)
     except KeyboardInterrupt:
@@ -69,6 +74,8 @@ def execute(job: Job) -> int:
                                     f"command plus --resume --out {opened[0]}") from None
         raise KeyboardInterrupt("interrupted before the run folder was opened; nothing was written to --out: "
                                 "run the same command again") from None
+    finally:  # recipes also run inside other programs (tests, notebooks): leave their policy as it was
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def _execute(job: Job, opened: list) -> int:

@@ -85,6 +85,8 @@ class BenchConfig:
     prefetch: bool = _opt(True, "end the input pipeline with prefetch(AUTOTUNE)")
     intra_op: int = _opt(0, "TensorFlow intra-op threads (0: TensorFlow's default)")
     inter_op: int = _opt(0, "TensorFlow inter-op threads (0: TensorFlow's default)")
+    remapper: str = _opt("on", "on | off: TensorFlow's remapper, the graph pass that fuses ops such as "
+                               "Conv2D+BiasAdd+Relu into one oneDNN kernel", ("on", "off"))
     # output -------------------------------------------------------------------------------------------------
     peak_size: int = _opt(4096, "side of the float32 matmul that measures the peak (0: skip)")
     json: bool = _opt(False, "print one JSON object as the last line")
@@ -244,6 +246,8 @@ def run(cfg: BenchConfig) -> int:
     from kcnn import perf
 
     perf.set_threads(cfg.intra_op, cfg.inter_op)
+    if cfg.remapper == "off":
+        tf.config.optimizer.set_experimental_options({"remapping": False})
     settings = perf.auto_settings(
         steps_per_execution=cfg.steps_per_execution or None,
         jit_compile={"auto": None, "on": True, "off": False}[cfg.jit_compile],
@@ -261,7 +265,7 @@ def run(cfg: BenchConfig) -> int:
                   steps_per_execution=settings["steps_per_execution"],
                   jit_compile=settings["jit_compile"], mixed_precision=settings["mixed_precision"],
                   settings_measured=settings["measured"], batch_norm=cfg.batch_norm, data=cfg.data,
-                  prefetch=cfg.prefetch, onednn=perf.onednn_enabled(),
+                  prefetch=cfg.prefetch, onednn=perf.onednn_enabled(), remapper=cfg.remapper,
                   intra_op=tf.config.threading.get_intra_op_parallelism_threads(),
                   inter_op=tf.config.threading.get_inter_op_parallelism_threads(),
                   cpu_count=os.cpu_count(), tensorflow=tf.__version__, keras=keras.__version__,

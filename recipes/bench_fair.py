@@ -38,12 +38,28 @@ def worker_commands(cfg, arch: str, batch_size: int, image_size: int, twin: str)
             "--steps-per-execution", str(cfg.steps_per_execution), "--jit-compile", cfg.jit_compile,
             "--mixed-precision", cfg.mixed_precision, "--batch-norm", cfg.batch_norm, "--data", cfg.data,
             "--prefetch" if cfg.prefetch else "--no-prefetch", "--intra-op", str(cfg.intra_op),
-            "--inter-op", str(cfg.inter_op)]
+            "--inter-op", str(cfg.inter_op), "--remapper", cfg.remapper]
+    precision = cfg.mixed_precision
+    if precision == "auto" and cfg.torch_device != "cuda" and not _cuda():
+        # kcnn's automatic CPU precision (bfloat16 with AMX, read from the CPU's flags without TensorFlow): the
+        # twin runs the same, so the ratio compares like with like
+        from kcnn import perf
+
+        precision = perf.auto_precision("cpu")
     amp = {"auto": "auto", "float32": "none", "mixed_float16": "float16",
-           "mixed_bfloat16": "bfloat16"}[cfg.mixed_precision]
+           "mixed_bfloat16": "bfloat16"}[precision]
     torch = [sys.executable, "-m", "recipes.bench_torch", "--model", twin, *common,
              "--device", cfg.torch_device, "--amp", amp]
     return {"kcnn": kcnn, "torch": torch}
+
+
+def _cuda() -> bool:
+    """Whether PyTorch sees a GPU (the parent imports PyTorch, never TensorFlow)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def subprocess_launcher(commands: dict, timeout: int) -> Callable:

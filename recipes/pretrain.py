@@ -30,6 +30,7 @@ class PretrainConfig:
                                                      "folder)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 progress bars, 2 one line per epoch"})
+    precision: str = _cli.precision_field()
     distribute: str = _cli.distribute_field()
     cpu_devices: int | None = _cli.cpu_devices_field()
 

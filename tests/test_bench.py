@@ -402,3 +402,42 @@ def test_torch_worker_head_only_trains_only_the_last_layer(capsys):
     if not torch.cuda.is_available():
         assert bench_torch.main(["--device", "cuda"]) == 2  # one line naming the reason, not a traceback
         assert "PyTorch sees no GPU" in capsys.readouterr().err
+
+
+def test_keras_applications_backbones_get_the_fused_layer_with_the_same_weights_and_outputs():
+    """backbone("ResNet50") swaps keras.applications' own batch norm for the fused layer (README, Performance)."""
+    from kcnn.transfer import backbone
+
+    keras.utils.set_random_seed(8)
+    stock = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    for layer in stock.layers:  # statistics off their defaults, so a weight that did not move over would show
+        if isinstance(layer, keras.layers.BatchNormalization):
+            rng = np.random.default_rng(len(layer.name))
+            layer.set_weights([w + rng.uniform(0.1, 0.5, w.shape).astype("float32") for w in layer.get_weights()])
+    stock.layers[5].trainable = False
+    fused = perf.fuse_batch_norm(stock)
+    norms = [la for la in fused.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert len(norms) == 53 and {type(la) for la in norms} == {perf.FusedBatchNormalization}
+    assert [la.name for la in fused.layers] == [la.name for la in stock.layers]
+    assert [la.trainable for la in fused.layers] == [la.trainable for la in stock.layers]
+    assert [w.path for w in fused.weights] == [w.path for w in stock.weights]
+    for got, want in zip(fused.get_weights(), stock.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    x = np.random.default_rng(9).normal(size=(4, 32, 32, 3)).astype("float32")
+    for training in (False, True):
+        got, want = fused(x, training=training).numpy(), stock(x, training=training).numpy()
+        # measured: 3.6e-6 (moving statistics) and 5.1e-3 of outputs up to 10.3 (batch statistics of 4 images
+        # at 1x1 px in the last stage, where float32 round-off in 53 normalisations adds up)
+        assert np.abs(got - want).max() <= (1e-3 if training else 1e-5) * np.abs(want).max()
+    assert perf.fuse_batch_norm(fused) is fused  # nothing left to swap
+    bb = backbone("ResNet50", input_shape=(32, 32, 3))
+    assert {type(la) for la in bb.model.layers if isinstance(la, keras.layers.BatchNormalization)} == {
+        perf.FusedBatchNormalization}
+    before = perf.use_fused_batch_norm(False)
+    try:
+        assert perf.fuse_batch_norm(stock) is stock
+        plain = backbone("ResNet50", input_shape=(32, 32, 3))
+    finally:
+        perf.use_fused_batch_norm(before)
+    assert {type(la) for la in plain.model.layers if isinstance(la, keras.layers.BatchNormalization)} == {
+        keras.layers.BatchNormalization}
