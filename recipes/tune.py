@@ -85,6 +85,7 @@ class TuneConfig:
     per_class: int = field(default=0, metadata={"help": "labelled training images per class (0: all)"})
     steps_per_execution: int | None = field(default=None, metadata={"help": "training steps per call "
                                                                    "(default: kcnn.perf's, 16)"})
+    precision: str = _cli.precision_field()
     retrain: bool = field(default=True, metadata={"help": "retrain the best configuration on train+val and "
                                                   "evaluate it on test"})
     # the run -----------------------------------------------------------------------------------------------
@@ -166,6 +167,9 @@ def identity(cfg: TuneConfig) -> dict:
     values["fix"] = parse_fixed(cfg.fix)
     if cfg.tuner != "hyperband":
         values["factor"] = None
+    from kcnn import perf
+
+    values["precision"] = perf.resolve_precision(cfg.precision)  # what "auto" is on this machine
     return {"format": SEARCH_FORMAT, "version": 1, **values}
 
 
@@ -198,6 +202,7 @@ def prepare_out(out: Path, ident: dict, overwrite: bool, worker: bool) -> bool:
     except ValueError:
         raise _cli.UsageError(f"--out {out}: {SEARCH_FILE} is unreadable; choose another --out or "
                               "--overwrite")
+    old.setdefault("precision", "float32")  # searches from before the setting ran in float32
     changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}" for k in changed)
@@ -216,11 +221,22 @@ def run(cfg: TuneConfig) -> int:
     resuming = prepare_out(out, ident, cfg.overwrite, worker)
 
     import keras
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(ident["precision"])
+    try:
+        return _search(cfg, out, ident, worker, resuming)
+    finally:  # the recipe also runs inside other programs (tests, notebooks): leave their policy as it was
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _search(cfg: TuneConfig, out: Path, ident: dict, worker: bool, resuming: bool) -> int:
+    import keras
     import numpy as np
     import tensorflow as tf
 
     from kcnn import data as kdata
-    from kcnn import runs, training
+    from kcnn import runs, training, tuning
 
     training.set_seed(cfg.seed, deterministic=False)
     splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,

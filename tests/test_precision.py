@@ -1,6 +1,5 @@
 """--precision: bfloat16 compute on CPUs with AMX, float32 elsewhere; a run records the precision it resolved to;
 saved files carry no mixed policy. The suite pins float32 (conftest), these tests choose for themselves."""
-import json
 import platform
 import zipfile
 

@@ -266,8 +266,8 @@ def test_recipe_end_to_end(searched):
     assert report["best_trial"] == best["trial_id"] and report["train_examples"] == 100 + 180
     assert report["search"]["trials"] == 2 and report["search"]["epochs"] == 2
     ident = json.loads((out / "search.json").read_text())
-    assert (ident["space"], ident["tuner"], ident["data"], ident["image_size"]) == \
-        ("cnn", "random", "digits", SIZE)
+    assert (ident["space"], ident["tuner"], ident["data"], ident["image_size"], ident["precision"]) == \
+        ("cnn", "random", "digits", SIZE, "float32")  # --precision auto is float32 in the suite (conftest)
     model = keras.saving.load_model(out / "model.keras")
     assert model(np.zeros((2, 30, 30, 3), "float32")).shape == (2, 10)  # raw images of any size
 
@@ -320,7 +320,8 @@ def test_out_holding_another_search_is_refused_untouched(searched, capsys):
     finetune = ["--space", "finetune", "--backbones", "allcnn_a", "--weights", "none", "--epochs", "2"]
     for args, diff in ((finetune, "space: 'cnn' -> 'finetune'"),
                        (["--data", "glyphs"], "data: 'digits' -> 'glyphs'"),
-                       (["--tuner", "hyperband"], "tuner: 'random' -> 'hyperband'")):
+                       (["--tuner", "hyperband"], "tuner: 'random' -> 'hyperband'"),
+                       (["--precision", "mixed_bfloat16"], "precision: 'float32' -> 'mixed_bfloat16'")):
         capsys.readouterr()
         argv = [*FAST, "--tuner", "random", "--max-trials", "2", *args, "--out", str(out)]
         assert tune.main(argv) == 2
