@@ -101,8 +101,8 @@ def auto_precision(device: str | None = None) -> str:
     """The training precision kcnn's recipes use with ``--precision auto``.
 
     ``"mixed_bfloat16"`` on a CPU with AMX (Intel's matrix units, flag ``amx_bf16``): oneDNN runs bfloat16
-    convolutions and matmuls there on the AMX tiles, and a CIFAR ResNet-20 trained 1.66x faster than in
-    float32, a ResNet-50 at 224 px (README, "Performance"); the variables stay float32. ``"float32"`` on
+    convolutions and matmuls there on the AMX tiles: a CIFAR ResNet-20 trained 1.66x as fast as in float32 and a
+    ResNet-50 at 224 px 1.71x (README, "Performance"); the variables stay float32. ``"float32"`` on
     every other CPU (without AMX, bfloat16 was 0.56x float32) and on a GPU (not measured with kcnn; pass
     ``precision="mixed_bfloat16"`` yourself). ``$KCNN_PRECISION`` (float32 or mixed_bfloat16), when set, is the
     answer instead: one machine's or one test suite's fixed choice.

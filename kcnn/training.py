@@ -232,14 +232,14 @@ def pretrained_checkpoint(arch: str, *, source: str = "glyphs", examples: int = 
     The default is the offline transfer demo's source: kcnn's synthetic glyphs, made the way scikit-learn's
     digits were made (a glyph drawn in a 32x32 bitmap, 4x4 blocks counted into an 8x8 image of 0..16), which is
     why they transfer to the digits. The cache key holds every setting that changes the weights (the Keras dtype
-    policy it trains under among them), so a changed setting trains anew. Safe under concurrency (a tuning chief and its workers asking at once): each process
-    trains into its own temporary folder and renames it into place; a process that finds the checkpoint already
-    there keeps that one and deletes only its own temporary folder.
+    policy it trains under among them), so a changed setting trains anew. Safe under concurrency (a tuning chief
+    and its workers asking at once): each process trains into its own temporary folder and renames it into place;
+    a process that finds the checkpoint already there keeps that one and deletes only its own temporary folder.
     """
+    import keras
+
     from kcnn import data as kdata
     from kcnn import transfer
-
-    import keras
 
     policy = keras.mixed_precision.global_policy().name  # bfloat16 pretraining gives other weights
     key = (f"{arch}-{source.replace(':', '_').replace('/', '_')}-n{examples}-e{epochs}-px{image_size}"

@@ -46,8 +46,9 @@ def worker_commands(cfg, arch: str, batch_size: int, image_size: int, twin: str)
         from kcnn import perf
 
         precision = perf.auto_precision("cpu")
-    amp = {"auto": "auto", "float32": "none", "mixed_float16": "float16",
-           "mixed_bfloat16": "bfloat16"}[precision]
+    from recipes.bench import _amp
+
+    amp = _amp(precision)
     torch = [sys.executable, "-m", "recipes.bench_torch", "--model", twin, *common,
              "--device", cfg.torch_device, "--amp", amp]
     return {"kcnn": kcnn, "torch": torch}
