@@ -416,16 +416,21 @@ _FUSED_CONFIG = {"module": "kcnn.perf", "class_name": "BatchNormalization",
 _STOCK_CONFIG = {"module": "keras.layers", "class_name": "BatchNormalization", "registered_name": None}
 
 
-def _swap_batch_norm(config, old: dict, new: dict):
-    """A .keras config with every batch-norm entry recorded as ``old`` recorded as ``new`` instead."""
+def _map_dicts(config, fn):
+    """A copy of a .keras config (nested dicts and lists) with ``fn`` applied to every dict, innermost first."""
     if isinstance(config, list):
-        return [_swap_batch_norm(v, old, new) for v in config]
+        return [_map_dicts(v, fn) for v in config]
     if not isinstance(config, dict):
         return config
-    out = {k: _swap_batch_norm(v, old, new) for k, v in config.items()}
-    if all(out.get(k) == v for k, v in old.items()):
-        out.update(new)
-    return out
+    return fn({k: _map_dicts(v, fn) for k, v in config.items()})
+
+
+def _swap_batch_norm(config, old: dict, new: dict):
+    """A .keras config with every batch-norm entry recorded as ``old`` recorded as ``new`` instead."""
+    def swap(entry):
+        return {**entry, **new} if all(entry.get(k) == v for k, v in old.items()) else entry
+
+    return _map_dicts(config, swap)
 
 
 def fuse_batch_norm(model):
@@ -462,16 +467,14 @@ def fuse_batch_norm(model):
 def _drop_mixed_dtypes(config):
     """A .keras config without the dtype of layers that computed under a mixed-precision policy: loaded, they
     follow the loading process's policy (float32 by default) instead; explicit float32 layers stay float32."""
-    if isinstance(config, list):
-        return [_drop_mixed_dtypes(v) for v in config]
-    if not isinstance(config, dict):
-        return config
-    out = {k: _drop_mixed_dtypes(v) for k, v in config.items()}
-    dtype = out.get("dtype")
-    name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
-    if isinstance(name, str) and name.startswith("mixed_"):
-        del out["dtype"]
-    return out
+    def drop(entry):
+        dtype = entry.get("dtype")
+        name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if isinstance(name, str) and name.startswith("mixed_"):
+            return {k: v for k, v in entry.items() if k != "dtype"}
+        return entry
+
+    return _map_dicts(config, drop)
 
 
 def _rewrite_keras_file(src, dst, transform) -> None:

@@ -6,6 +6,7 @@ Precedence: the dataclass defaults < ``--config FILE.toml`` < command-line optio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import platform
@@ -45,6 +46,20 @@ def precision_field() -> dataclasses.Field:
         "help": "auto (mixed_bfloat16 on a CPU with AMX, else float32; $KCNN_PRECISION overrides auto) | "
                 "float32 | mixed_bfloat16 (bfloat16 compute, float32 weights)",
         "choices": ["auto", "float32", "mixed_bfloat16"]})
+
+
+@contextlib.contextmanager
+def keras_policy(name: str):
+    """Run the block under Keras' dtype policy ``name`` (a resolved ``--precision``), then put the caller's back:
+    recipes also run inside other programs (tests, notebooks), whose policy they must leave as it was."""
+    import keras
+
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
 
 
 def check_distribute(cfg) -> None:

@@ -62,20 +62,15 @@ def execute(job: Job) -> int:
     Ctrl-C says where the run stands: before the run folder is opened nothing was written to --out; after,
     the message names the folder to continue with ``--resume``."""
     opened = []
-    import keras
-
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(job.config.get("precision", "float32"))
     try:
-        return _execute(job, opened)
+        with _cli.keras_policy(job.config.get("precision", "float32")):
+            return _execute(job, opened)
     except KeyboardInterrupt:
         if opened:
             raise KeyboardInterrupt(f"interrupted; the last finished epoch is saved: continue with the same "
                                     f"command plus --resume --out {opened[0]}") from None
         raise KeyboardInterrupt("interrupted before the run folder was opened; nothing was written to --out: "
                                 "run the same command again") from None
-    finally:  # recipes also run inside other programs (tests, notebooks): leave their policy as it was
-        keras.mixed_precision.set_global_policy(policy)
 
 
 def _execute(job: Job, opened: list) -> int:

@@ -220,14 +220,8 @@ def run(cfg: TuneConfig) -> int:
     worker = tuning.is_worker()
     resuming = prepare_out(out, ident, cfg.overwrite, worker)
 
-    import keras
-
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(ident["precision"])
-    try:
+    with _cli.keras_policy(ident["precision"]):
         return _search(cfg, out, ident, worker, resuming)
-    finally:  # the recipe also runs inside other programs (tests, notebooks): leave their policy as it was
-        keras.mixed_precision.set_global_policy(policy)
 
 
 def _search(cfg: TuneConfig, out: Path, ident: dict, worker: bool, resuming: bool) -> int:
