@@ -1,11 +1,13 @@
-"""The two building blocks every kcnn family is made of.
+"""The two building blocks every kcnn family is made of, and kcnn's own layers.
 
 `conv_block` (conv -> norm -> activation -> spatial dropout) and `classifier_head` are the only places where
 batch norm, SpatialDropout2D and head options are applied, so every family gets them the same way.
+`DropPath` (stochastic depth) drops whole residual branches.
 """
 from __future__ import annotations
 
-from keras import layers
+import keras
+from keras import layers, ops
 
 from kcnn import perf as _perf  # registers kcnn's fused batch norm: `import kcnn` then loads .keras files
 
@@ -200,6 +202,58 @@ def _output_dtype() -> dict:
     return {"dtype": "float32"} if keras.mixed_precision.global_policy().name.startswith("mixed_") else {}
 
 
+@keras.saving.register_keras_serializable(package="kcnn")
+class DropPath(layers.Layer):
+    """Stochastic depth: drop a residual branch per example (Huang et al. 2016, "Deep Networks with
+    Stochastic Depth").
+
+    At training time each example's input is zeroed with probability ``rate`` and otherwise scaled by
+    ``1 / (1 - rate)``, so its expectation is unchanged; at inference (or with rate 0) it is the identity.
+    Apply it to the residual branch before the addition. The random numbers come from the layer's own
+    `keras.random.SeedGenerator`, whose state is one of ``model.variables`` (saved by kcnn's checkpoints).
+
+    Args:
+        rate: Drop probability in [0, 1).
+        seed: Seed of the layer's seed generator (None: drawn from Keras' global seed).
+        **kwargs: Layer arguments (name, dtype, ...).
+
+    Example:
+        >>> y = kcnn.layers.DropPath(0.1, name="conv2_block1_drop_path")(branch)
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = check_rate("rate", rate)
+        self.seed = seed
+        if self.rate > 0:
+            self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        noise = keras.random.uniform(shape, dtype="float32", seed=self.seed_generator)
+        scale = ops.cast(noise >= self.rate, "float32") * (1.0 / keep)  # 0 or 1 / keep, per example
+        return inputs * ops.cast(scale, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def drop_path_rates(drop_path_rate: float, blocks: int) -> list[float]:
+    """Per-block DropPath rates, linear over depth: block i of n (0-based) gets
+    ``drop_path_rate * i / (n - 1)``, so the first block gets 0 and the last ``drop_path_rate`` (timm's
+    convention; Huang et al. count from 1 and give the first block a rate above 0).
+    """
+    rate = check_rate("drop_path_rate", drop_path_rate)
+    return [rate * i / max(blocks - 1, 1) for i in range(blocks)]
+
+
 def zero_pad_shortcut(x, filters: int, strides: int, name: str):
     """He et al.'s option-A shortcut: subsample by the stride and zero-pad the new channels.
 
@@ -218,4 +272,5 @@ def zero_pad_shortcut(x, filters: int, strides: int, name: str):
     return layers.Concatenate(axis=-1, name=f"{name}_zeropad")([x, zeros])
 
 
-__all__ = ["conv_block", "classifier_head", "batch_norm", "zero_pad_shortcut", "BN_MOMENTUM"]
+__all__ = ["conv_block", "classifier_head", "batch_norm", "zero_pad_shortcut", "DropPath", "drop_path_rates",
+           "BN_MOMENTUM"]

@@ -38,14 +38,33 @@ _OPTIONS = """
     dropout: Dropout rate after the hidden fully connected layers of the head.
     head: "gap" (default), "dense" or "conv".
     fc_units: Hidden fully connected widths (default none).
+    drop_path_rate: Stochastic depth (`kcnn.layers.DropPath` on each residual branch), in [0, 1): block i
+        of n gets ``drop_path_rate * i / (n - 1)``, the first 0 and the last ``drop_path_rate``; 0 (the
+        default) adds no layer. It adds no weights: the rate-0 model's weight files (ImageNet's too) load.
 """
 _CIFAR_OPTIONS = _OPTIONS + """
     shortcut: "A" (zero-padded identity, the paper's default) or "B" (1x1 projection where the shape changes).
 """
 
 
-def basic_block(x, filters, strides=1, *, name, norm="batch", spatial_dropout=0.0, use_bias=None, shortcut="B"):
-    """Two 3x3 convs with a shortcut (ResNet-18/34 and the CIFAR nets)."""
+def _residual_add(x, short, y, name, drop_path):
+    """``short + y``; with a ``drop_path`` rate (not None), y goes through ``{name}_drop_path`` first.
+
+    A shortcut with layers then gets an Identity (``{name}_0_identity``) too: Keras orders a model's layers
+    by their depth, so both paths grow by one layer and the layers keep the order they have without DropPath
+    (weight files and ``get_weights()`` lists stay interchangeable).
+    """
+    if drop_path is not None:
+        y = kl.DropPath(drop_path, name=f"{name}_drop_path")(y)
+        if short is not x:
+            short = kl.layers.Identity(name=f"{name}_0_identity")(short)
+    return kl.layers.Add(name=f"{name}_add")([short, y])
+
+
+def basic_block(x, filters, strides=1, *, name, norm="batch", spatial_dropout=0.0, use_bias=None,
+                shortcut="B", drop_path=None):
+    """Two 3x3 convs with a shortcut (ResNet-18/34 and the CIFAR nets); ``drop_path``: the branch's
+    DropPath rate, or None for no DropPath layer."""
     changes = strides != 1 or x.shape[-1] != filters
     if changes and shortcut == "A":
         short = kl.zero_pad_shortcut(x, filters, strides, name=f"{name}_0")
@@ -57,13 +76,14 @@ def basic_block(x, filters, strides=1, *, name, norm="batch", spatial_dropout=0.
     y = kl.conv_block(x, filters, 3, strides, name=f"{name}_1", norm=norm, use_bias=use_bias,
                       spatial_dropout=spatial_dropout, pad=1 if strides != 1 else None)
     y = kl.conv_block(y, filters, 3, name=f"{name}_2", norm=norm, activation=None, use_bias=use_bias)
-    y = kl.layers.Add(name=f"{name}_add")([short, y])
+    y = _residual_add(x, short, y, name, drop_path)
     return kl.layers.Activation("relu", name=f"{name}_out")(y)
 
 
 def bottleneck_block(x, filters, strides=1, *, name, norm="batch", spatial_dropout=0.0, use_bias=True,
-                     conv_shortcut=True):
-    """1x1 -> 3x3 -> 1x1 (x4 expansion) with the stride on the first 1x1, as keras.applications' ResNet v1."""
+                     conv_shortcut=True, drop_path=None):
+    """1x1 -> 3x3 -> 1x1 (x4 expansion) with the stride on the first 1x1, as keras.applications' ResNet v1;
+    ``drop_path`` as in `basic_block`."""
     if conv_shortcut:
         short = kl.conv_block(x, 4 * filters, 1, strides, name=f"{name}_0", norm=norm, activation=None,
                               use_bias=use_bias)
@@ -74,17 +94,26 @@ def bottleneck_block(x, filters, strides=1, *, name, norm="batch", spatial_dropo
     y = kl.conv_block(y, filters, 3, name=f"{name}_2", norm=norm, use_bias=use_bias,
                       spatial_dropout=spatial_dropout)
     y = kl.conv_block(y, 4 * filters, 1, name=f"{name}_3", norm=norm, activation=None, use_bias=use_bias)
-    y = kl.layers.Add(name=f"{name}_add")([short, y])
+    y = _residual_add(x, short, y, name, drop_path)
     return kl.layers.Activation("relu", name=f"{name}_out")(y)
 
 
+def _block_rates(drop_path_rate, blocks):
+    """An iterator over the blocks' DropPath rates (`kcnn.layers.drop_path_rates`), all None (no DropPath
+    layer) for rate 0."""
+    rates = kl.drop_path_rates(drop_path_rate, blocks)
+    return iter(rates if any(rates) else [None] * blocks)
+
+
 def _imagenet_resnet(arch, *, include_top, weights, input_tensor, input_shape, pooling, classes,
-                     classifier_activation, name, norm, spatial_dropout, dropout, head, fc_units):
+                     classifier_activation, name, norm, spatial_dropout, dropout, head, fc_units,
+                     drop_path_rate):
     kind, depths = IMAGENET_RESNETS[arch]
     stock = norm == "batch" and not spatial_dropout and not dropout and head == "gap" and not tuple(fc_units)
     check_options(arch, classes=classes, weights=weights, include_top=include_top,
                   imagenet_ok=stock and kind == "bottleneck",
                   kcnn_options=dict(norm=norm, spatial_dropout=spatial_dropout, dropout=dropout, head=head))
+    rates = _block_rates(drop_path_rate, sum(depths))
     inputs, x = make_input(arch, RESNET_SPEC, input_shape, input_tensor)
     # keras.applications' v1 nets keep conv biases before BN; torchvision's 18/34 are bias-free.
     use_bias = True if (kind == "bottleneck" or norm is None) else False
@@ -97,28 +126,31 @@ def _imagenet_resnet(arch, *, include_top, weights, input_tensor, input_shape, p
             block_name = f"conv{stage}_block{b}"
             if kind == "bottleneck":
                 x = bottleneck_block(x, filters, strides, name=block_name, norm=norm, use_bias=use_bias,
-                                     spatial_dropout=spatial_dropout, conv_shortcut=b == 1)
+                                     spatial_dropout=spatial_dropout, conv_shortcut=b == 1,
+                                     drop_path=next(rates))
             else:
                 x = basic_block(x, filters, strides, name=block_name, norm=norm, use_bias=use_bias,
-                                spatial_dropout=spatial_dropout)
+                                spatial_dropout=spatial_dropout, drop_path=next(rates))
     x = kl.classifier_head(x, classes, include_top=include_top, pooling=pooling, head=head, fc_units=fc_units,
                            dropout=dropout, classifier_activation=classifier_activation)
     return finish(inputs, x, name or arch, arch, weights, include_top)
 
 
 def _cifar_resnet(arch, *, include_top, weights, input_tensor, input_shape, pooling, classes,
-                  classifier_activation, name, norm, spatial_dropout, dropout, head, fc_units, shortcut):
+                  classifier_activation, name, norm, spatial_dropout, dropout, head, fc_units, shortcut,
+                  drop_path_rate):
     n = CIFAR_RESNETS[arch]
     check_options(arch, classes=classes, weights=weights, include_top=include_top, imagenet_ok=False,
                   kcnn_options=dict(norm=norm, spatial_dropout=spatial_dropout, dropout=dropout, head=head))
     kl.check_choice("shortcut", shortcut, ("A", "B"))
+    rates = _block_rates(drop_path_rate, 3 * n)
     inputs, x = make_input(arch, CIFAR_RESNET_SPEC, input_shape, input_tensor)
     x = kl.conv_block(x, 16, 3, name="conv1", norm=norm)
     for stage, filters in enumerate((16, 32, 64), start=2):
         for b in range(1, n + 1):
             strides = 2 if (b == 1 and stage > 2) else 1
             x = basic_block(x, filters, strides, name=f"conv{stage}_block{b}", norm=norm,
-                            spatial_dropout=spatial_dropout, shortcut=shortcut)
+                            spatial_dropout=spatial_dropout, shortcut=shortcut, drop_path=next(rates))
     x = kl.classifier_head(x, classes, include_top=include_top, pooling=pooling, head=head, fc_units=fc_units,
                            dropout=dropout, classifier_activation=classifier_activation)
     return finish(inputs, x, name or arch, arch, weights, include_top)
@@ -128,7 +160,7 @@ def _cifar_resnet(arch, *, include_top, weights, input_tensor, input_shape, pool
 @document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
 def resnet18(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
              classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
-             spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+             spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), drop_path_rate=0.0):
     """ResNet-18: basic blocks (two 3x3 convs) (2, 2, 2, 2) per stage; torchvision's parameterisation
     (bias-free convs, symmetric padding), 11,689,512 parameters."""
     return _imagenet_resnet("resnet18", **locals())  # every parameter above, by name
@@ -138,7 +170,7 @@ def resnet18(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 @document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
 def resnet34(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
              classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
-             spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+             spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), drop_path_rate=0.0):
     """ResNet-34: basic blocks (two 3x3 convs) (3, 4, 6, 3) per stage; torchvision's parameterisation
     (bias-free convs, symmetric padding), 21,797,672 parameters."""
     return _imagenet_resnet("resnet34", **locals())  # every parameter above, by name
@@ -148,7 +180,7 @@ def resnet34(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 @document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
 def resnet50(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
              classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
-             spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+             spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), drop_path_rate=0.0):
     """ResNet-50: bottleneck blocks (1x1, 3x3, 1x1) (3, 4, 6, 3) per stage; keras.applications.ResNet50
     (v1, conv biases), whose ImageNet weights load."""
     return _imagenet_resnet("resnet50", **locals())  # every parameter above, by name
@@ -158,7 +190,7 @@ def resnet50(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 @document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
 def resnet101(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
               classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
-              spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+              spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), drop_path_rate=0.0):
     """ResNet-101: bottleneck blocks (1x1, 3x3, 1x1) (3, 4, 23, 3) per stage;
     keras.applications.ResNet101 (v1, conv biases), whose ImageNet weights load."""
     return _imagenet_resnet("resnet101", **locals())  # every parameter above, by name
@@ -168,7 +200,7 @@ def resnet101(*, include_top=True, weights=None, input_tensor=None, input_shape=
 @document(RESNET_SPEC, _OPTIONS, "kcnn.models.{name}(weights=None, classes=10, input_shape=(64, 64, 3))")
 def resnet152(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
               classes=RESNET_SPEC.default_classes, classifier_activation="softmax", name=None, norm="batch",
-              spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=()):
+              spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), drop_path_rate=0.0):
     """ResNet-152: bottleneck blocks (1x1, 3x3, 1x1) (3, 8, 36, 3) per stage;
     keras.applications.ResNet152 (v1, conv biases), whose ImageNet weights load."""
     return _imagenet_resnet("resnet152", **locals())  # every parameter above, by name
@@ -178,7 +210,8 @@ def resnet152(*, include_top=True, weights=None, input_tensor=None, input_shape=
 @document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
 def resnet20(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
              classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
-             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A",
+             drop_path_rate=0.0):
     """CIFAR ResNet-20: a 3x3 stem and three stages of 3 basic blocks (16, 32, 64 filters); about 0.27 M
     parameters, as in section 4.2 of the paper."""
     return _cifar_resnet("resnet20", **locals())  # every parameter above, by name
@@ -188,7 +221,8 @@ def resnet20(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 @document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
 def resnet32(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
              classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
-             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A",
+             drop_path_rate=0.0):
     """CIFAR ResNet-32: a 3x3 stem and three stages of 5 basic blocks (16, 32, 64 filters); about 0.46 M
     parameters, as in section 4.2 of the paper."""
     return _cifar_resnet("resnet32", **locals())  # every parameter above, by name
@@ -198,7 +232,8 @@ def resnet32(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 @document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
 def resnet44(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
              classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
-             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A",
+             drop_path_rate=0.0):
     """CIFAR ResNet-44: a 3x3 stem and three stages of 7 basic blocks (16, 32, 64 filters); about 0.66 M
     parameters, as in section 4.2 of the paper."""
     return _cifar_resnet("resnet44", **locals())  # every parameter above, by name
@@ -208,7 +243,8 @@ def resnet44(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 @document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
 def resnet56(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
              classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
-             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+             norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A",
+             drop_path_rate=0.0):
     """CIFAR ResNet-56: a 3x3 stem and three stages of 9 basic blocks (16, 32, 64 filters); about 0.85 M
     parameters, as in section 4.2 of the paper."""
     return _cifar_resnet("resnet56", **locals())  # every parameter above, by name
@@ -218,7 +254,8 @@ def resnet56(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 @document(CIFAR_RESNET_SPEC, _CIFAR_OPTIONS, "kcnn.models.{name}(classes=10)")
 def resnet110(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
               classes=CIFAR_RESNET_SPEC.default_classes, classifier_activation="softmax", name=None,
-              norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A"):
+              norm="batch", spatial_dropout=0.0, dropout=0.0, head="gap", fc_units=(), shortcut="A",
+              drop_path_rate=0.0):
     """CIFAR ResNet-110: a 3x3 stem and three stages of 18 basic blocks (16, 32, 64 filters); about 1.7 M
     parameters, as in section 4.2 of the paper."""
     return _cifar_resnet("resnet110", **locals())  # every parameter above, by name
