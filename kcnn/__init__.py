@@ -20,13 +20,13 @@ _EXPORTS = {
                     "kcnn.registry"),
     "WeightsError": "kcnn.weights",
 }
-_SUBMODULES = ("arithmetic", "convert", "data", "distribute", "layers", "model_summary", "models", "perf",
-               "plots", "registry", "runs", "training", "transfer", "tuning", "weights")
+_SUBMODULES = ("arithmetic", "convert", "data", "distribute", "layers", "model_summary", "models", "options",
+               "perf", "plots", "registry", "runs", "training", "transfer", "tuning", "weights")
 
 __all__ = sorted(_EXPORTS)
 
-if "keras" in __import__("sys").modules:  # Keras is loaded already: register kcnn's fused batch norm, so that
-    from kcnn import perf as _perf  # noqa: F401   a .keras file saved by kcnn < 0.2 loads after `import kcnn`
+if "keras" in __import__("sys").modules:  # Keras is loaded already: register kcnn's layers (fused batch norm,
+    from kcnn import layers as _layers  # noqa: F401   DropPath), so that a .keras file that holds them loads
 
 
 def __getattr__(name):

@@ -8,12 +8,14 @@ A run folder holds::
     state.json       (while running) finished epochs, history rows, phase records and the checkpoint's name
     checkpoint-NNNN.npz  (while running) the last finished epoch: every model variable (weights, batch-norm
                      statistics, dropout seeds), the optimizer's variables (slots, iteration count: the
-                     learning-rate schedule's position) and the epoch (the data order's position)
+                     learning-rate schedule's position, a weight average) and the epoch (the data order's position)
+    best-NNNN.npz    (while running, with --restore-best) the model variables of the best epoch so far
     model.keras, labels.json, history.csv, report.json, curves.png, confusion.png   (when finished)
 
 Writes are atomic: a checkpoint goes to a temporary name, is flushed to disk and renamed, and ``state.json`` names
-it only after it exists; the previous checkpoint is deleted last. A run killed at any moment therefore leaves the
-last good checkpoint usable.
+it only after it exists; the previous checkpoint is deleted last. One epoch's end is one write of ``state.json``:
+the history row, the checkpoint's name, the record of a phase that ends with the epoch and the best epoch so far
+together. A run killed at any moment therefore leaves the last good checkpoint usable and its state whole.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ MARKER_FORMAT = "kcnn-run"
 FINAL_FILES = ("model.keras", "report.json")
 RECIPES = ("finetune", "train", "pretrain", "tune", "lr_find")
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-\d{4,}\.npz$")
+_BEST_NAME = re.compile(r"^best-\d{4,}\.npz$")
 #: Temporary files kcnn's atomic writes leave when killed mid-write: ``.NAME.PID.tmp`` / ``.NAME.PID.raw.keras``.
 _PARTIAL_NAME = re.compile(r"^\..+\.\d+\.(tmp|raw\.keras)$")
 
@@ -48,6 +51,18 @@ class RunError(ValueError):
 def default_out(recipe: str) -> Path:
     """``runs/<recipe>-<YYYYmmdd-HHMMSS>``."""
     return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def new_file(path) -> Path:
+    """``path``, or ``path`` with ``-2``, ``-3``, ... before its suffix when that name is taken: a file kcnn writes
+    without replacing anything."""
+    path = Path(path)
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    candidate.parent.mkdir(parents=True, exist_ok=True)
+    return candidate
 
 
 # --- writing files safely -----------------------------------------------------------------------------------------
@@ -302,29 +317,67 @@ class RunDir:
     def _save_state(self):
         atomic_write_text(self.path / "state.json", json.dumps(self.state, indent=1))
 
-    def checkpoint(self, row: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
-        """Record one finished epoch: the checkpoint file first (atomically), then the state that names it.
+    def checkpoint(self, row: dict, arrays: dict[str, np.ndarray] | None = None, *, phase: dict | None = None,
+                   best: dict | None = None, best_arrays: dict[str, np.ndarray] | None = None,
+                   epochs_done: int | None = None) -> None:
+        """Record one finished epoch: the files first (atomically), then one write of the state that names them.
 
         Args:
             row: The epoch's history row (``epoch`` is the global 1-based number).
             arrays: What to save (see `kcnn.transfer.training_state`); None records the row only.
+            phase: The record of the phase this epoch is part of (as `record_phase` takes), in the same write.
+            best: The best epoch so far (``epoch``, scores), in the same write; with ``best_arrays`` (the model
+                variables of that epoch) they are saved as ``best-NNNN.npz`` first.
+            epochs_done: The epochs the state counts as done (default ``row["epoch"]``): a phase stopped early
+                counts its planned epochs, so that a resume starts the next phase.
         """
         epoch = int(row["epoch"])
         old = self.state.get("checkpoint")
+        old_best = (self.state.get("best") or {}).get("file")
         name = old
         if arrays is not None:
             name = f"checkpoint-{epoch:04d}.npz"
-            buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
-            atomic_write_bytes(self.path / name, buffer.getvalue())
+            self._write_arrays(name, arrays)
+        if best is not None:
+            best = dict(best)
+            if best_arrays is not None:
+                best["file"] = f"best-{int(best['epoch']):04d}.npz"
+                self._write_arrays(best["file"], best_arrays)
+            else:
+                best.setdefault("file", old_best)
+            self.state["best"] = jsonable(best)
+        if phase is not None:
+            phases = [p for p in self.state.get("phases", []) if p.get("index") != phase.get("index")]
+            self.state["phases"] = sorted(phases + [jsonable(phase)], key=lambda p: p.get("index", 0))
         self.state["history"] = [r for r in self.state.get("history", []) if int(r["epoch"]) < epoch] + [row]
-        self.state["epochs_done"] = epoch
+        self.state["epochs_done"] = epoch if epochs_done is None else int(epochs_done)
         self.state["checkpoint"] = name
         self._save_state()
         write_history_csv(self.path / "history.csv", self.state["history"])
-        if old and old != name:
+        new_best = (self.state.get("best") or {}).get("file")
+        for stale in {old, old_best} - {name, new_best, None}:
             with contextlib.suppress(OSError):
-                (self.path / old).unlink()
+                (self.path / stale).unlink()
+
+    def _write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self.path / name, buffer.getvalue())
+
+    def load_best(self) -> dict[str, np.ndarray] | None:
+        """The model arrays of the best epoch kept so far (``--restore-best``), or None."""
+        name = (self.state.get("best") or {}).get("file")
+        if not name:
+            return None
+        if not isinstance(name, str) or not _BEST_NAME.match(name):
+            raise RunError(f"{self.path / 'state.json'} names best-epoch file {name!r}, which is not one of this "
+                           "run's; use --overwrite to start the run again")
+        try:
+            with np.load(self.path / name, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError) as err:
+            raise RunError(f"{self.path / name} is unreadable ({err}); use --overwrite to start the run "
+                           "again") from None
 
     def load_checkpoint(self) -> dict[str, np.ndarray] | None:
         """The arrays of the last checkpoint, or None when no epoch has finished."""
@@ -355,6 +408,7 @@ class RunDir:
 
     def complete(self) -> None:
         """Remove the resume state once the final files are written."""
-        for f in self.path.glob("checkpoint-*.npz"):
-            f.unlink()
+        for pattern in ("checkpoint-*.npz", "best-*.npz"):
+            for f in self.path.glob(pattern):
+                f.unlink()
         (self.path / "state.json").unlink(missing_ok=True)

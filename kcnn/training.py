@@ -15,13 +15,14 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
 import kcnn
-from kcnn import perf, plots
+from kcnn import options, perf, plots
 from kcnn.runs import (FINAL_FILES, RunDir, RunError, atomic_write_text, default_out, dumps_toml,  # noqa: F401
                        jsonable, write_history_csv)
 
@@ -41,26 +42,48 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
 
 # --- evaluation and the report --------------------------------------------------------------------------------------
 
-def evaluate(model, dataset, class_names) -> dict:
-    """Accuracy, loss, per-class precision/recall and the confusion matrix of ``model`` on ``dataset``."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+def predict_probs(model, images, tta: str = "none"):
+    """Class probabilities of a batch; ``tta="flip"`` averages them with those of the mirrored images
+    (test-time augmentation)."""
+    probs = np.asarray(model(images, training=False), np.float64)
+    if tta == "flip":
+        probs = (probs + np.asarray(model(np.asarray(images)[:, :, ::-1], training=False), np.float64)) / 2
+    return probs
 
-    y_true, probs = [], []
+
+def evaluate(model, dataset, class_names, *, tta: str = "none") -> dict:
+    """Accuracy, loss, top-5 accuracy (10 classes or more), macro-F1, per-class precision/recall and the confusion
+    matrix of ``model`` on ``dataset``. With ``tta="flip"`` the same scores of the flip-averaged predictions are
+    added as ``tta_test_*`` beside the plain ones."""
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    if tta not in options.TTA_MODES:
+        raise ValueError(f"--tta must be one of {', '.join(options.TTA_MODES)}; got {tta!r}")
+    y_true, probs, flipped = [], [], []
     for x, y in dataset:
-        probs.append(np.asarray(model(x, training=False)))
+        probs.append(predict_probs(model, x))
+        if tta != "none":
+            flipped.append(predict_probs(model, x, tta))
         y_true.append(np.asarray(y))
-    probs = np.concatenate(probs)
     y_true = np.concatenate(y_true).astype(int).reshape(-1)
-    probs = probs.reshape(len(y_true), -1)
-    y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
+
+    def scores(p, prefix):
+        p = np.concatenate(p).reshape(len(y_true), -1)
+        pred = p.argmax(axis=1)
+        out = {f"{prefix}accuracy": float(np.mean(pred == y_true)),
+               f"{prefix}loss": float(-np.mean(np.log(np.clip(p[np.arange(len(y_true)), y_true], 1e-7, 1.0)))),
+               f"{prefix}macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0))}
+        if len(class_names) >= 10:
+            top5 = np.argsort(-p, axis=1)[:, :5]
+            out[f"{prefix}top5_accuracy"] = float(np.mean((top5 == y_true[:, None]).any(axis=1)))
+        return out, pred
+
+    plain, y_pred = scores(probs, "test_")
     precision, recall, _, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
-    eps = 1e-7
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0))))
-    return {
-        "test_accuracy": float(np.mean(y_pred == y_true)),
-        "test_loss": loss,
+    result = {
+        **plain,
         "test_examples": int(len(y_true)),
         "per_class": {
             str(name): {"precision": float(p), "recall": float(r), "support": int(s)}
@@ -68,6 +91,10 @@ def evaluate(model, dataset, class_names) -> dict:
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+    if tta != "none":
+        result.update(scores(flipped, "tta_test_")[0])
+        result["tta"] = tta
+    return result
 
 
 def versions() -> dict:
@@ -78,15 +105,16 @@ def versions() -> dict:
 
 
 def finish_run(run: RunDir, model, *, test_ds, class_names, history, seed, extra: dict | None = None,
-               title: str = "", before_report=None, comparison: list[dict] | None = None) -> dict:
+               title: str = "", before_report=None, comparison: list[dict] | None = None,
+               tta: str = "none") -> dict:
     """Evaluate on test and write model.keras, labels.json, history.csv, the plots, then report.json.
 
     report.json is written last and atomically: a folder with it is a finished run. ``before_report(run)``
     writes what must exist before that (e.g. a pretraining checkpoint's metadata). ``comparison``: history rows
     drawn beside the run's in curves.png (the from-scratch comparison)."""
-    metrics = evaluate(model, test_ds, class_names)
+    metrics = evaluate(model, test_ds, class_names, tta=tta)
     report = {
-        **{k: metrics[k] for k in ("test_accuracy", "test_loss", "test_examples", "per_class")},
+        **{k: v for k, v in metrics.items() if k != "confusion_matrix"},
         "phases": run.state.get("phases", []),
         "epochs": len(history),
         "seed": seed,
@@ -135,8 +163,72 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kcnn"
 
 
+@dataclass(frozen=True)
+class BestEpoch:
+    """Which epoch a run keeps (``--restore-best``) and when a phase stops early (``--patience``).
+
+    The score of an epoch is its validation accuracy, ties broken by the lower validation loss
+    (``monitor="val_accuracy"``, the default), or its validation loss alone (``monitor="val_loss"``). Accuracy is
+    what a user reads; on small validation sets (the demo's 180 images) it moves in steps of 1/n and ties often,
+    which the loss breaks. Epochs without validation (``validation_freq``) are never kept.
+
+    Args:
+        monitor: "val_accuracy" or "val_loss".
+        patience: End a phase when its best score has not improved by ``min_delta`` for this many epochs (counted
+            within the phase, as Keras' EarlyStopping counts within one ``fit``); None: never.
+        min_delta: The smallest change of the monitored value that counts as an improvement.
+        restore: Keep the best epoch's weights as the run's result (else the last epoch's).
+    """
+
+    monitor: str = "val_accuracy"
+    patience: int | None = None
+    min_delta: float = 0.0
+    restore: bool = True
+
+    MONITORS = options.MONITORS
+
+    def __post_init__(self):
+        if self.monitor not in self.MONITORS:
+            raise ValueError(f"--monitor must be one of {', '.join(self.MONITORS)}; got {self.monitor!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"--patience must be an integer >= 1; got {self.patience!r}")
+        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, (int, float)) or self.min_delta < 0:
+            raise ValueError(f"--min-delta must be a number >= 0; got {self.min_delta!r}")
+
+    def better(self, row: dict, than: dict | None) -> bool:
+        """Whether epoch ``row`` scores better than epoch ``than`` (None: any validated row does)."""
+        if row.get(self.monitor) is None or row.get("val_loss") is None:
+            return False
+        if than is None:
+            return True
+        if self.monitor == "val_loss":
+            return row["val_loss"] < than["val_loss"] - self.min_delta
+        if row["val_accuracy"] > than["val_accuracy"] + self.min_delta:
+            return True
+        return abs(row["val_accuracy"] - than["val_accuracy"]) <= self.min_delta and \
+            row["val_accuracy"] >= than["val_accuracy"] and row["val_loss"] < than["val_loss"]
+
+    def best_of(self, rows) -> dict | None:
+        """The best row of ``rows`` (the earliest among equals), or None when none was validated."""
+        best = None
+        for row in rows:
+            if self.better(row, best):
+                best = row
+        return best
+
+    def stop(self, phase_rows) -> bool:
+        """Whether the phase whose epochs so far are ``phase_rows`` ends now (``patience`` epochs past its best)."""
+        if self.patience is None or not phase_rows:
+            return False
+        best = self.best_of(phase_rows)
+        if best is None:
+            return False
+        return int(phase_rows[-1]["epoch"]) - int(best["epoch"]) >= self.patience
+
+
 def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmented: bool, verbose=1,
-            steps_per_execution: int | None = None, callbacks=()) -> list[dict]:
+            steps_per_execution: int | None = None, callbacks=(), best: BestEpoch | None = None) -> list[dict]:
     """Fit ``schedule`` inside ``run``: a checkpoint and a history row per epoch, exact resume, phase records.
 
     The engine follows the strategy: MultiWorkerMirroredStrategy runs `kcnn.distribute.fit_distributed` (Keras'
@@ -144,6 +236,12 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
     strategy runs `kcnn.transfer.fit_schedule`. Both get the same hooks. A resumed run restores every model
     and optimizer variable of its last checkpoint and continues the data order at the next epoch, so with the
     same seed it ends with the weights of an uninterrupted run.
+
+    Each epoch's end is one state write (`kcnn.runs.RunDir.checkpoint`): the row, the checkpoint, the record of the
+    phase it belongs to and the best epoch so far. With ``best``: the best epoch's weights are kept in the run
+    folder as it goes, a phase ends early after ``best.patience`` epochs without improvement (a decision made
+    from the recorded rows, so a resumed run makes the same one), and with ``best.restore`` the model ends with
+    the best epoch's weights (`best_summary` says which, for the report).
 
     Returns:
         The run's history rows (list of dicts: epoch, phase, lr, metrics).
@@ -159,32 +257,78 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
         transfer.restore_model_state(model, resume)
     if initial and verbose and distribute.is_chief(strategy):
         print(f"resuming {run.path} after epoch {initial} of {schedule.total_epochs}", flush=True)
+    ends = dict(enumerate((end for _, end in schedule.boundaries()), start=1))
+    history = transfer.ScheduleHistory()
+    earlier = {}  # phase number -> seconds it ran before this process (an interrupted run)
 
     def on_epoch_end(row, model_, optimizer, phase_number):
         record = {"epoch": row["epoch"], "phase": row["phase_name"], "lr": row.get("lr"),
                   **{k: v for k, v in row.items() if k not in ("epoch", "phase", "phase_name", "lr")}}
-        run.checkpoint(record, transfer.training_state(model_, optimizer, phase=phase_number,
-                                                       epoch=row["epoch"]))
-
-    def on_phase_end(number, phase, history):
-        record = next(p for p in history.phases if p["phase"] == number)
-        run.record_phase({"index": number, "name": phase.name, "train": record["train"],
-                          "blocks": record["blocks"], "epochs": [record["first_epoch"], record["last_epoch"]],
-                          "lr": phase.lr, "cached_features": record["cached"],
-                          "seconds": round(run.phase_seconds(number) + record["seconds"], 3)})
+        rows = run.history + [record]
+        start = ends[phase_number] - schedule[phase_number - 1].epochs
+        phase_rows = [r for r in rows if start < int(r["epoch"]) <= ends[phase_number]]
+        stop = best is not None and best.stop(phase_rows) and int(row["epoch"]) < ends[phase_number]
+        last = stop or int(row["epoch"]) >= ends[phase_number]
+        if last:
+            transfer.copy_average(optimizer)  # the phase's result is its weight average
+        kept, kept_arrays = None, None
+        if best is not None:
+            previous = run.state.get("best")
+            if best.better(record, previous):
+                kept = {"epoch": record["epoch"], "phase": record["phase"],
+                        **{k: record[k] for k in record if k.startswith("val_")}}
+                with transfer.averaged_weights(optimizer):  # the scores are the average's
+                    kept_arrays = transfer.training_state(model_, None, phase=phase_number, epoch=row["epoch"])
+        earlier.setdefault(phase_number, run.phase_seconds(phase_number))
+        info = next(p for p in history.phases if p["phase"] == phase_number)
+        phase = schedule[phase_number - 1]
+        phase_info = {"index": phase_number, "name": phase.name, "train": info["train"], "blocks": info["blocks"],
+                      "epochs": [info["first_epoch"], info["last_epoch"]], "lr": phase.lr,
+                      "cached_features": info["cached"], "last_run_epoch": int(row["epoch"]),
+                      "stopped_early": bool(stop), "seconds": round(earlier[phase_number] + info["seconds"], 3)}
+        run.checkpoint(record, transfer.training_state(model_, optimizer, phase=phase_number, epoch=row["epoch"]),
+                       phase=phase_info, best=kept, best_arrays=kept_arrays,
+                       epochs_done=ends[phase_number] if stop else None)
+        if stop and verbose and distribute.is_chief(strategy):
+            print(f"phase {phase_number} '{phase.name}': no better {best.monitor} for {best.patience} epochs; "
+                  f"stopping it after epoch {row['epoch']}", flush=True)
+        return stop
 
     if distribute.is_chief(strategy):
         callbacks = [keras.callbacks.TensorBoard(str(run.path / "logs"), write_graph=False), *callbacks]
-    if initial >= schedule.total_epochs:
-        return run.history
-    try:
-        _fit_engine(model, bb, schedule, splits, strategy=strategy, augmented=augmented,
-                    steps_per_execution=steps_per_execution, callbacks=list(callbacks), initial_epoch=initial,
-                    verbose=verbose, on_phase_end=on_phase_end, on_epoch_end=on_epoch_end, resume_state=resume)
-    except transfer.Diverged as err:
-        run.save_extra("diverged", {"epoch": err.epoch, "phase": err.phase, "loss": str(err.loss)})
-        raise
+    if initial < schedule.total_epochs:
+        try:
+            _fit_engine(model, bb, schedule, splits, strategy=strategy, augmented=augmented,
+                        steps_per_execution=steps_per_execution, callbacks=list(callbacks), initial_epoch=initial,
+                        verbose=verbose, on_epoch_end=on_epoch_end, resume_state=resume, history=history)
+        except transfer.Diverged as err:
+            run.save_extra("diverged", {"epoch": err.epoch, "phase": err.phase, "loss": str(err.loss)})
+            raise
+    if best is not None and best.restore:
+        kept = run.state.get("best")
+        if kept and run.history and int(kept["epoch"]) != int(run.history[-1]["epoch"]):
+            transfer.restore_model_state(model, run.load_best())
+            if verbose and distribute.is_chief(strategy):
+                print(f"keeping epoch {kept['epoch']} (best {best.monitor}: {kept.get(best.monitor):.4f}) "
+                      f"over the last, epoch {run.history[-1]['epoch']}", flush=True)
     return run.history
+
+
+def best_summary(run: RunDir, best: BestEpoch | None, validation_examples: int | None) -> dict:
+    """The report's ``kept_epoch`` entry: which epoch the model holds, the last epoch, their validation scores,
+    and how many validation images the choice rests on."""
+    rows = run.history
+    if not rows:
+        return {}
+    last = rows[-1]
+    scores = lambda r: {k: r[k] for k in r if k.startswith("val_")}  # noqa: E731
+    kept = run.state.get("best") if best is not None and best.restore else None
+    kept_row = next((r for r in rows if kept and int(r["epoch"]) == int(kept["epoch"])), last)
+    return {"monitor": best.monitor if best else None, "restore_best": bool(best and best.restore),
+            "patience": best.patience if best else None,
+            "kept": {"epoch": kept_row["epoch"], **scores(kept_row)},
+            "last": {"epoch": last["epoch"], **scores(last)},
+            "validation_examples": validation_examples}
 
 
 def _fit_engine(model, bb, schedule, splits, *, strategy, augmented, steps_per_execution, **common):

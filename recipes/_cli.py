@@ -23,8 +23,8 @@ class UsageError(ValueError):
 
 
 #: Fields of a recipe config that say where it runs, not what it computes: left out of a run's config.toml
-#: (a run resumed elsewhere is the same run).
-PLACEMENT = ("distribute", "cpu_devices")
+#: (a run resumed elsewhere is the same run; --show-batch stops before a run folder exists).
+PLACEMENT = ("distribute", "cpu_devices", "show_batch")
 
 
 def distribute_field() -> dataclasses.Field:
@@ -38,6 +38,21 @@ def cpu_devices_field() -> dataclasses.Field:
     """The ``--cpu-devices`` option that goes with ``--distribute mirrored``."""
     return dataclasses.field(default=None, metadata={
         "help": "with --distribute mirrored: mirror over N logical CPU devices instead of the GPUs (testing)"})
+
+
+def show_batch_field() -> dataclasses.Field:
+    """The ``--show-batch`` option of the training recipes."""
+    return dataclasses.field(default=False, metadata={
+        "help": "write augment.png (training images as the model sees them, with labels) and stop"})
+
+
+def augment_field(default, help_default: str = "") -> dataclasses.Field:
+    """The ``--augment`` option; the choices are the library's (`kcnn.options.AUGMENTS`)."""
+    from kcnn import options
+
+    return dataclasses.field(default=default, metadata={
+        "help": " | ".join(options.AUGMENTS) + (f" ({help_default})" if help_default else ""),
+        "choices": list(options.AUGMENTS)})
 
 
 def precision_field() -> dataclasses.Field:
@@ -90,12 +105,19 @@ def use_onednn() -> None:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
+def ordered_fields(config_cls) -> list[dataclasses.Field]:
+    """The fields of a recipe config, the recipe's own first, then those it inherits (the toolbox's)."""
+    own = set(config_cls.__dict__.get("__annotations__", {}))
+    fields = dataclasses.fields(config_cls)
+    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
+
+
 def run_config(cfg, **overrides) -> dict:
     """``cfg`` as the dict a run folder's config.toml records: without the placement fields, plus overrides.
 
     ``precision`` is recorded as what it resolves to on this machine ("auto" -> float32 or mixed_bfloat16), so a
     resumed run computes in the precision it started with, or is refused with the difference named."""
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PLACEMENT}
+    config = {f.name: getattr(cfg, f.name) for f in ordered_fields(type(cfg)) if f.name not in PLACEMENT}
     if "precision" in config:
         from kcnn import perf
 
@@ -117,7 +139,7 @@ def build_parser(config_cls, prog: str, description: str, positional: tuple = ()
     parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE.toml", help="read any of these options from a TOML file "
                         "(keys as below, with _ or -); command-line options win")
-    for f in dataclasses.fields(config_cls):
+    for f in ordered_fields(config_cls):
         help_text = f.metadata.get("help", "")
         kind = _type_of(f)
         if f.name in positional:

@@ -7,8 +7,9 @@
 3. data, model, checks         under the strategy's scope; bad data, backbone names or weight files fail here,
                                then the pre-flight checks (kcnn.checks: a "fail" refuses to train), still
                                before anything is written to --out
+   (--show-batch)              augment.png of the training batches as the model sees them, then stop
 4. open the run folder         the marker first, then config.toml and state.json (the chief's; other workers of
-                               a multiworker run write a temporary folder they delete)
+                               a multiworker run write a temporary folder they delete); augment.png
 5. fit                         `kcnn.training.fit_run`: per-epoch checkpoints, exact resume, one history
 6. finish                      the chief evaluates and writes model.keras, report.json, plots; returns the report
 
@@ -38,6 +39,9 @@ class Job:
             from-scratch comparison); default none.
         before_report: ``(run, model, backbone, splits) -> None``: files to write before report.json marks the
             run finished (pretrain's checkpoint metadata).
+        best: The `kcnn.training.BestEpoch` of ``--restore-best`` / ``--patience``, or None.
+        tta: Test-time augmentation of the report ("none" or "flip").
+        show_batch: Write ``augment.png`` (training images as the model sees them) and stop before training.
         title: ``(backbone) -> str``, the plots' title.
         describe: ``(report, run) -> str``, the last line printed.
     """
@@ -53,6 +57,9 @@ class Job:
     describe: Callable
     extra: Callable | None = None
     before_report: Callable | None = None
+    best: Any = None
+    tta: str = "none"
+    show_batch: bool = False
     strategy: Any = field(default=None, repr=False)
 
 
@@ -92,6 +99,12 @@ def _execute(job: Job, opened: list) -> int:
         sizes = ", ".join(f"{k} {v}" for k, v in splits.num_examples.items())
         print(f"data {getattr(cfg, 'data', '')}: {len(splits.class_names)} classes; {sizes}", flush=True)
     distribute.check_batch(strategy, splits)  # multiworker: a global batch the replicas cannot split
+    if job.show_batch:
+        from kcnn import plots
+
+        path = plots.augment_grid(splits, runs.new_file(runs.default_out("augment").with_suffix(".png")))
+        print(f"training images as the model sees them (epoch 1): {path}", flush=True)
+        return 0
     with strategy.scope():  # the model, its optimizers and the fit views are made under the strategy
         model, bb = job.build(splits)
         from kcnn import transfer
@@ -105,17 +118,27 @@ def _execute(job: Job, opened: list) -> int:
         checks.raise_on_fail(found)  # a "fail" refuses to train, before anything is written
         run.open()
         opened.append(run.path)
+        if distribute.is_chief(strategy) and not (run.path / "augment.png").exists():
+            from kcnn import plots
+
+            plots.augment_grid(splits, run.path / "augment.png")
         history = training.fit_run(run, model, bb, job.schedule, splits, strategy=strategy,
-                                   augmented=job.augmented, verbose=cfg.verbose)
+                                   augmented=job.augmented, verbose=cfg.verbose, best=job.best)
     if distribute.finish_worker(run, strategy):
         return 0
     extra = {"checks": found, "distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync,
-             "skipped_files": [{"path": str(path), "reason": reason} for path, reason in splits.skipped]}
+             "skipped_files": [{"path": str(path), "reason": reason} for path, reason in splits.skipped],
+             "kept_epoch": training.best_summary(run, job.best, splits.num_examples.get("val"))}
+    if hasattr(cfg, "label_smoothing"):
+        from recipes import _toolbox
+
+        extra["toolbox"] = _toolbox.settings(cfg)
     if job.extra is not None:
         extra.update(job.extra(run, model, bb, splits, strategy))
     hook = None if job.before_report is None else (lambda run_: job.before_report(run_, model, bb, splits))
     report = training.finish_run(run, model, test_ds=splits.test, class_names=splits.class_names,
                                  history=history, seed=cfg.seed, extra=extra, title=job.title(bb),
-                                 before_report=hook, comparison=run.state.get("comparison_history"))
+                                 before_report=hook, comparison=run.state.get("comparison_history"),
+                                 tta=job.tta)
     print(job.describe(report, run), flush=True)
     return 0

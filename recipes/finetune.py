@@ -18,11 +18,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from recipes import _cli, _job
+from recipes import _cli, _job, _toolbox
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(_toolbox.Toolbox):
     # what to learn ---------------------------------------------------------------------------------------------
     data: str = field(default="digits", metadata={"help": "digits | glyphs | tfds:NAME | a folder of class "
                                                   "folders"})
@@ -52,8 +52,7 @@ class FinetuneConfig:
     head: str = field(default="gap", metadata={"help": "gap | dense | conv", "choices": ["gap", "dense", "conv"]})
     dropout: float = field(default=0.0, metadata={"help": "dropout in the new head (with --hidden)"})
     hidden: int = field(default=0, metadata={"help": "width of a hidden layer in the new head (0: none)"})
-    augment: str = field(default="none", metadata={"help": "none | standard | crop",
-                                                   "choices": ["none", "standard", "crop"]})
+    augment: str = _cli.augment_field("none")
     compare_scratch: bool = field(default=True, metadata={"help": "also train the same network from scratch on "
                                                           "the same data and report both"})
     # the run ---------------------------------------------------------------------------------------------------
@@ -63,6 +62,7 @@ class FinetuneConfig:
                                                      "folder)"})
     seed: int = field(default=0, metadata={"help": "random seed (same seed, same numbers on one machine)"})
     verbose: int = field(default=1, metadata={"help": "0 silent, 1 progress bars, 2 one line per epoch"})
+    show_batch: bool = _cli.show_batch_field()
     precision: str = _cli.precision_field()
     distribute: str = _cli.distribute_field()
     cpu_devices: int | None = _cli.cpu_devices_field()
@@ -94,11 +94,13 @@ def check(cfg: FinetuneConfig) -> None:
         raise _cli.UsageError(f"--dropout must be in [0, 1); got {cfg.dropout}")
     if cfg.hidden < 0:
         raise _cli.UsageError(f"--hidden must be >= 0; got {cfg.hidden}")
+    _toolbox.check(cfg)
     _cli.check_distribute(cfg)
     _cli.check_weights(cfg.weights, special=("glyphs", "imagenet", "none"))
     from kcnn import transfer
 
     transfer.preprocessing_mode(cfg.backbone)  # an unknown name fails here, with the closest names
+    _toolbox.model_options(cfg, cfg.backbone)
 
 
 def schedule_of(cfg: FinetuneConfig):
@@ -110,7 +112,8 @@ def schedule_of(cfg: FinetuneConfig):
     if cfg.lr is not None:
         factor = cfg.lr / schedule[0].lr
         schedule = transfer.Schedule([dataclasses.replace(p, lr=p.lr * factor) for p in schedule])
-    return schedule.scale_epochs(cfg.epochs) if cfg.epochs is not None else schedule
+    schedule = schedule.scale_epochs(cfg.epochs) if cfg.epochs is not None else schedule
+    return _toolbox.schedule_with(cfg, schedule)
 
 
 def run(cfg: FinetuneConfig) -> int:
@@ -126,7 +129,7 @@ def run(cfg: FinetuneConfig) -> int:
 
         return kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
                           per_class=per_class or None, augment=None if cfg.augment == "none" else cfg.augment,
-                          class_weight=cfg.class_weight)
+                          class_weight=cfg.class_weight, **_toolbox.data_options(cfg))
 
     def build(splits):
         from kcnn import training, transfer
@@ -138,7 +141,8 @@ def run(cfg: FinetuneConfig) -> int:
                                                     seed=cfg.seed, verbose=cfg.verbose)
             name = None
             used["weights"] = str(source)
-        bb = transfer.backbone(name, source, (cfg.image_size, cfg.image_size, 3))
+        bb = transfer.backbone(name, source, (cfg.image_size, cfg.image_size, 3),
+                               **({"options": _toolbox.model_options(cfg, cfg.backbone)} if cfg.drop_path else {}))
         model = transfer.classifier(bb, len(splits.class_names), head=cfg.head, dropout=cfg.dropout,
                                     hidden=hidden)
         return model, bb
@@ -158,8 +162,9 @@ def run(cfg: FinetuneConfig) -> int:
 
     config = _cli.run_config(cfg, per_class=per_class, schedule_phases=schedule.to_dict()["phase"])
     return _job.execute(_job.Job(
-        recipe="finetune", cfg=cfg, config=config, schedule=schedule, augmented=cfg.augment != "none",
-        load_data=load_data, build=build, extra=extra, describe=describe,
+        recipe="finetune", cfg=cfg, config=config, schedule=schedule,
+        augmented=_toolbox.randomized(cfg, cfg.augment), load_data=load_data, build=build, extra=extra,
+        describe=describe, best=_toolbox.best_epoch(cfg), tta=_toolbox.tta(cfg), show_batch=cfg.show_batch,
         title=lambda bb: f"fine-tune {bb.name} on {cfg.data}"))
 
 
@@ -181,15 +186,16 @@ def _scratch(cfg, run_dir, bb, schedule, splits, hidden) -> dict:
     started = time.perf_counter()
     fresh = transfer.backbone(bb.name, None, bb.input_shape, preprocessing=bb.preprocessing)
     model = transfer.classifier(fresh, len(splits.class_names), head=cfg.head, dropout=cfg.dropout, hidden=hidden)
-    plan = transfer.Schedule([transfer.Phase(epochs=schedule.total_epochs, train="all", lr=schedule[0].lr,
-                                             bn="train", name="scratch")])
+    plan = _toolbox.schedule_with(cfg, transfer.Schedule([transfer.Phase(
+        epochs=schedule.total_epochs, train="all", lr=schedule[0].lr, bn="train", name="scratch")]))
     if cfg.verbose:
         print(f"training {bb.name} from scratch on the same data for comparison", flush=True)
     history = transfer.fit_schedule(model, fresh, plan, splits, verbose=cfg.verbose,
-                                    augmented=cfg.augment != "none", feature_cache=False,
+                                    augmented=_toolbox.randomized(cfg, cfg.augment), feature_cache=False,
                                     validation_freq=SCRATCH_VALIDATION_FREQ)
-    metrics = training.evaluate(model, splits.test, splits.class_names)
+    metrics = training.evaluate(model, splits.test, splits.class_names, tta=_toolbox.tta(cfg))
     result = {"scratch_test_accuracy": metrics["test_accuracy"],
+              **({"scratch_tta_test_accuracy": metrics["tta_test_accuracy"]} if cfg.tta else {}),
               "scratch_seconds": round(time.perf_counter() - started, 1)}
     keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
     run_dir.save_extra("comparison_history", [{k: row[k] for k in keys if k in row} for row in history.epochs])

@@ -30,8 +30,8 @@ class Interrupt:
         real_epoch_end = transfer_history._Recorder.on_epoch_end
         interrupt = self
 
-        def checkpoint(run, row, arrays=None):
-            real_checkpoint(run, row, arrays)
+        def checkpoint(run, row, arrays=None, **kwargs):
+            real_checkpoint(run, row, arrays, **kwargs)
             interrupt.maybe("after checkpoint", int(row["epoch"]))
 
         def write(path, data):
@@ -201,8 +201,8 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     schedule = transfer.Schedule([transfer.Phase(epochs=3, train="all", lr=1e-3, bn="train")])
     real = runs.RunDir.checkpoint
 
-    def checkpoint_then_poison(self, row, arrays=None):
-        real(self, row, arrays)
+    def checkpoint_then_poison(self, row, arrays=None, **kwargs):
+        real(self, row, arrays, **kwargs)
         weight.assign(float("nan"))  # every later batch's loss is NaN
 
     monkeypatch.setattr(runs.RunDir, "checkpoint", checkpoint_then_poison)

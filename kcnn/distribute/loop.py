@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from kcnn import transfer
 from kcnn import layers as kl
+from kcnn.transfer import losses
 from kcnn.distribute import DistributeError, is_chief, synchronized_batch_norm
 
 
@@ -27,24 +28,28 @@ def _unpack(batch):
     return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
 
 
-def _replica_sums(runner, batch, training: bool):
-    """(per-example losses, correct predictions, examples) of one replica's batch."""
+def _replica_sums(runner, batch, training: bool, label_smoothing: float = 0.0):
+    """(per-example losses, correct predictions, top-5 hits, examples) of one replica's batch; labels are
+    integers or soft labels (mixed batches), the loss `kcnn.transfer.losses.per_example_loss`."""
     x, y, weights = _unpack(batch)
     probs = runner(x, training=training)
-    labels = tf.reshape(tf.cast(y, "int64"), [-1])
-    per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+    classes = int(probs.shape[-1])
+    labels = tf.cast(losses.hard_labels(y, classes), "int64")
+    per_example = losses.per_example_loss(y, probs, label_smoothing)
     if weights is not None:
         per_example = per_example * tf.cast(tf.reshape(weights, [-1]), per_example.dtype)
     correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=-1), labels), "float32"))
+    top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(tf.cast(labels, "int32"), tf.cast(probs, "float32"),
+                                                  min(5, classes)), "float32"))
     count = tf.cast(tf.shape(labels)[0], "float32")
-    return per_example, correct, count
+    return per_example, correct, top5, count
 
 
-def _make_train_step(strategy, runner, optimizer, variables, element_spec):
+def _make_train_step(strategy, runner, optimizer, variables, element_spec, label_smoothing=0.0):
     def replica_step(batch):
         context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
-            per_example, correct, count = _replica_sums(runner, batch, training=True)
+            per_example, correct, top5, count = _replica_sums(runner, batch, True, label_smoothing)
             global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
             # the mean over the *actual* global batch (the last one of an epoch may be smaller)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=tf.cast(global_count, "int64"))
@@ -52,7 +57,7 @@ def _make_train_step(strategy, runner, optimizer, variables, element_spec):
                 loss += tf.nn.scale_regularization_loss(tf.add_n(runner.losses))
         gradients = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(gradients, variables))  # sums the replicas' gradients
-        return tf.reduce_sum(per_example), correct, count
+        return tf.reduce_sum(per_example), correct, top5, count
 
     def step(batch):
         sums = strategy.run(replica_step, args=(batch,))
@@ -61,10 +66,10 @@ def _make_train_step(strategy, runner, optimizer, variables, element_spec):
     return tf.function(step, input_signature=[element_spec])
 
 
-def _make_eval_step(strategy, runner, element_spec):
+def _make_eval_step(strategy, runner, element_spec, label_smoothing=0.0):
     def replica_step(batch):
-        per_example, correct, count = _replica_sums(runner, batch, training=False)
-        return tf.reduce_sum(per_example), correct, count
+        per_example, correct, top5, count = _replica_sums(runner, batch, False, label_smoothing)
+        return tf.reduce_sum(per_example), correct, top5, count
 
     def step(batch):
         sums = strategy.run(replica_step, args=(batch,))
@@ -160,13 +165,16 @@ def _exposed_optimizer(model):
             del model.optimizer
 
 
-def _run_epoch(step, dataset) -> dict:
-    totals = np.zeros(3)
+def _run_epoch(step, dataset, classes: int) -> dict:
+    totals = np.zeros(4)
     for batch in dataset:
         totals += [float(v) for v in step(batch)]
-    loss_sum, correct, count = totals
+    loss_sum, correct, top5, count = totals
     count = max(count, 1.0)
-    return {"loss": float(loss_sum / count), "accuracy": float(correct / count)}
+    logs = {"loss": float(loss_sum / count), "accuracy": float(correct / count)}
+    if classes >= losses.TOP5_MIN_CLASSES:
+        logs["top5_accuracy"] = float(top5 / count)
+    return logs
 
 
 def sync_from_chief(strategy, variables, value: int = 0) -> int:
@@ -208,7 +216,7 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                     initial_epoch: int = 0, sync_batch_norm: bool = True,
                     bn_momentum: float | None = kl.BN_MOMENTUM, on_phase_end: Callable | None = None,
                     on_epoch_end: Callable | None = None, resume_state: dict | None = None,
-                    verbose: int = 1) -> transfer.ScheduleHistory:
+                    verbose: int = 1, history: transfer.ScheduleHistory | None = None) -> transfer.ScheduleHistory:
     """Train with a strategy-aware custom loop (works under MultiWorkerMirroredStrategy, where ``fit`` fails).
 
     It runs the same phase plan as `kcnn.transfer.fit_schedule` (`kcnn.transfer.make_plan`,
@@ -298,7 +306,8 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
     with strategy.scope():
         dist_val = strategy.experimental_distribute_dataset(data.val) if data.val is not None else None
         initial_epoch = sync_from_chief(strategy, model.variables, initial_epoch)
-        history = transfer.ScheduleHistory()
+        history = transfer.ScheduleHistory() if history is None else history
+        classes = int(model.outputs[0].shape[-1])
         callbacks = list(callbacks)
         for callback in callbacks:
             callback.set_model(model)
@@ -345,27 +354,32 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                             dist_train = strategy.experimental_distribute_dataset(data.epoch(epoch))
                         if train_step is None:
                             train_step = _make_train_step(strategy, runner, opt, variables,
-                                                          dist_train.element_spec)
-                            eval_step = (_make_eval_step(strategy, runner, dist_val.element_spec)
+                                                          dist_train.element_spec, phase.label_smoothing)
+                            eval_step = (_make_eval_step(strategy, runner, dist_val.element_spec,
+                                                         phase.label_smoothing)
                                          if dist_val is not None else None)
-                        logs = _run_epoch(train_step, dist_train)
+                        logs = _run_epoch(train_step, dist_train, classes)
                         if eval_step is not None:
-                            logs.update({f"val_{k}": v for k, v in _run_epoch(eval_step, dist_val).items()})
+                            with transfer.averaged_weights(opt):  # a weight average is what is validated
+                                scores = _run_epoch(eval_step, dist_val, classes)
+                            logs.update({f"val_{k}": v for k, v in scores.items()})
                         row = {"epoch": epoch + 1, "phase": number, "phase_name": phase.name,
                                "lr": _phase_lr(rate, epoch, origin, steps), **logs}
                         history.epochs.append(row)
                         record["epochs_run"] += 1
+                        record["seconds"] = time.perf_counter() - started
                         if chief_prints:
                             metrics = ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
                             print(f"epoch {epoch + 1}/{total}: {metrics} "
                                   f"({time.perf_counter() - epoch_started:.1f}s)", flush=True)
                         transfer.check_finite(row)
-                        if on_epoch_end is not None:
-                            on_epoch_end(row, model, opt, number)
+                        if on_epoch_end is not None and on_epoch_end(row, model, opt, number):
+                            model.stop_training = True  # early stopping: the phase ends here
                         for callback in callbacks:
                             callback.on_epoch_end(epoch, dict(logs))
                         if getattr(model, "stop_training", False):
                             break
+                    transfer.copy_average(opt)  # the phase's result is its weight average
                 finally:
                     for layer, momentum in restore.items():
                         layer.momentum = momentum
@@ -382,5 +396,5 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
 
 def _phase_lr(rate, epoch, origin, steps) -> float:
     if isinstance(rate, transfer.PhaseLearningRate):
-        return rate.value((epoch - origin) * steps)
+        return rate.at_batch((epoch - origin) * steps)
     return float(rate)

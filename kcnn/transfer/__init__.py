@@ -42,7 +42,9 @@ The package, one concern per module (at import time each uses only modules liste
 * ``blocks``: a backbone's blocks, trainability per block, per-block learning-rate multipliers.
 * ``checkpoint``: the kcnn checkpoint format.
 * ``backbones``: `Backbone`, `backbone` and `classifier`.
-* ``optim``: `PhaseLearningRate`, the ``Layerwise*`` optimizers, `make_optimizer`, `phase_rate`.
+* ``losses``: the loss (label smoothing, integer or soft labels) and metrics (accuracy, top-5, macro-F1).
+* ``optim``: `PhaseLearningRate`, the ``Layerwise*`` optimizers (rate multipliers, weight average), `make_optimizer`,
+  `phase_rate`.
 * ``datasets``: `as_dataset`, `steps_per_epoch`.
 * ``feature_cache``: backbone features computed once for head-only phases.
 * ``history``: `ScheduleHistory` and the lines printed before and after each phase.
@@ -90,9 +92,10 @@ from kcnn.transfer.checkpoint import (
 )
 from kcnn.transfer.backbones import Backbone, backbone, classifier
 from kcnn.transfer.optim import (
-    LayerwiseAdam, LayerwiseAdamW, LayerwiseRMSprop, LayerwiseSGD, PhaseLearningRate, make_optimizer,
-    phase_rate,
+    LayerwiseAdam, LayerwiseAdamW, LayerwiseRMSprop, LayerwiseSGD, PhaseLearningRate, averaged_weights,
+    copy_average, make_optimizer, phase_rate,
 )
+from kcnn.transfer.losses import Accuracy, CrossEntropy, MacroF1, TopKAccuracy, metrics_for
 from kcnn.transfer.datasets import EpochData, as_dataset, steps_per_epoch
 from kcnn.transfer.feature_cache import FEATURE_CACHE_LIMIT_BYTES
 from kcnn.transfer.history import ScheduleHistory, phase_header, phase_record, phase_summary
@@ -113,4 +116,6 @@ __all__ = [
     "phase_record", "split_model", "TrainView", "set_bn_momentum", "PhasePlan", "make_plan", "phase_runner",
     "prepare_phase", "check_initial_epoch", "training_state", "restore_model_state", "restore_optimizer_state",
     "checkpoint_phase", "Diverged", "check_finite",
+    # the loss and metrics (integer or soft labels), the weight average
+    "CrossEntropy", "Accuracy", "TopKAccuracy", "MacroF1", "metrics_for", "averaged_weights", "copy_average",
 ]

@@ -16,12 +16,13 @@ from kcnn.transfer.blocks import split_model
 from kcnn.transfer.datasets import EpochData
 from kcnn.transfer.feature_cache import _FeatureCache
 from kcnn.transfer.history import ScheduleHistory, _Recorder, phase_header, phase_summary, phase_record
-from kcnn.transfer.optim import make_optimizer, phase_rate
+from kcnn.transfer.losses import CrossEntropy, metrics_for
+from kcnn.transfer.optim import averaged_weights, copy_average, make_optimizer, phase_rate
 from kcnn.transfer.plan import check_finite, check_initial_epoch, make_plan, phase_runner, prepare_phase, sublayers
 from kcnn.transfer.state import checkpoint_phase, restore_optimizer_state
 
 
-LOSS = "sparse_categorical_crossentropy"
+LOSS = "sparse_categorical_crossentropy"  # what a phase without label smoothing computes (`CrossEntropy`)
 METRICS = ("accuracy",)
 
 
@@ -100,7 +101,7 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
                  verbose=1, feature_cache: bool = True, augmented: bool | None = None,
                  bn_momentum: float | None = kl.BN_MOMENTUM, on_phase_end: Callable | None = None,
                  on_epoch_end: Callable | None = None, resume_state: dict | None = None,
-                 validation_freq: int = 1) -> ScheduleHistory:
+                 validation_freq: int = 1, history: ScheduleHistory | None = None) -> ScheduleHistory:
     """Fine-tune a `classifier` through the phases of a schedule.
 
     Each phase gets its own optimizer (loss: sparse categorical cross-entropy, metric: accuracy) after setting
@@ -146,12 +147,20 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         on_phase_end: ``on_phase_end(phase_number, phase, history)`` after every phase (1-based number).
         on_epoch_end: ``on_epoch_end(row, model, optimizer, phase_number)`` after every epoch: ``row`` is the
             history row; ``optimizer`` the phase's (built); e.g. to write a checkpoint with `training_state`.
-            An epoch whose loss is NaN or infinite raises `kcnn.transfer.Diverged` instead (before this hook).
+            A true return value ends the phase after this epoch (early stopping). An epoch whose loss is NaN
+            or infinite raises `kcnn.transfer.Diverged` instead (before this hook).
         resume_state: The arrays of the checkpoint written after epoch ``initial_epoch``: when it falls inside
             a phase, that phase's optimizer (slots, iteration count, so the learning-rate schedule's position)
             is restored from it. Without it a resumed phase starts a fresh optimizer at the scheduled rate.
         validation_freq: Validate after every ``validation_freq``-th epoch (global numbers) and after each
             phase's last epoch; the other rows have no ``val_*`` entries. 1 (default): every epoch.
+        history: The `ScheduleHistory` to fill (the caller sees each phase's record while it runs); default a
+            new one.
+
+    The phase's loss is `kcnn.transfer.CrossEntropy` with its ``label_smoothing`` (integer or soft labels: mixed
+    batches of `kcnn.data.Mixing`); the metrics `kcnn.transfer.losses.metrics_for` the class count (accuracy,
+    macro-F1, top-5 from 10 classes). With ``phase.ema`` the validation rows score the weight average, and the
+    model holds the average after the phase.
 
     Returns:
         A `ScheduleHistory`. The model is left compiled (loss, accuracy, a stock optimizer of the last phase)
@@ -174,7 +183,8 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         # tensor" in multi_step_on_iterator)
         steps_per_execution = 1
     pre, body, head = split_model(model)
-    history = ScheduleHistory()
+    history = ScheduleHistory() if history is None else history
+    classes = int(model.outputs[0].shape[-1])
     cache = _FeatureCache(pre, body, head)
     stochastic_body = any(isinstance(layer, _STOCHASTIC) for layer in sublayers(body))
     pinned = [_Pinned(c, model, plans[-1].end) for c in callbacks]
@@ -221,34 +231,48 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         execution = (segment_execution(data.steps, steps_per_execution) if len(segments) == 1 and end - first > 1
                      else steps_per_execution)
         optimizer = make_optimizer(phase, rate, multipliers)
-        runner.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS), steps_per_execution=execution)
-        model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS))  # what callbacks see
+        loss = CrossEntropy(phase.label_smoothing)
+        runner.compile(optimizer=optimizer, loss=loss, metrics=metrics_for(classes), steps_per_execution=execution)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics_for(classes))  # what callbacks see
         if restoring:
             optimizer.build(runner.trainable_variables)
             restore_optimizer_state(optimizer, resume_state)
         recorder = _Recorder(history, number, phase, rate, first if not restoring else start, data.steps)
         progress = _Progress(verbose, data.steps, execution, first, end, schedule_total=plans[-1].end)
 
-        def epoch_end(number=number, optimizer=optimizer, progress=progress):
+        def epoch_end(number=number, optimizer=optimizer, progress=progress, runner=runner, fit_val=fit_val,
+                      record=record):
             row = history.epochs[-1]
+            if phase.ema and fit_val is not None and row["epoch"] in validate_at:
+                with averaged_weights(optimizer):  # the average is what is validated
+                    scores = runner.evaluate(fit_val, verbose=0, return_dict=True)
+                row.update({f"val_{k}": float(v) for k, v in scores.items()})
             progress.epoch_done(row)
             check_finite(row)
+            record["epochs_run"] = len(history.epochs) - before
+            record["seconds"] = time.perf_counter() - started
             if on_epoch_end is not None:
-                on_epoch_end(row, model, optimizer, number)
+                return on_epoch_end(row, model, optimizer, number)
+            return False
 
+        validate_at = {e for e in range(first + 1, end + 1) if e % validation_freq == 0 or e == end}
         started, before = time.perf_counter(), len(history.epochs)
+        model.stop_training = False
         for callback in pinned:
             callback.begin_phase(data.steps)
         try:
             for a, b in segments:
                 # keyed data: epochs a..b-1 back to back, each exactly data.steps batches
-                validated = [e for e in range(a + 1, b + 1) if e % validation_freq == 0 or e == end]
-                runner.fit(epochs_data(a, b), validation_data=fit_val, initial_epoch=a, epochs=b,
+                validated = [e for e in range(a + 1, b + 1) if e in validate_at]
+                # with a weight average, epoch_end validates the average instead of Keras validating the weights
+                runner.fit(epochs_data(a, b), validation_data=None if phase.ema else fit_val, initial_epoch=a,
+                           epochs=b,
                            steps_per_epoch=data.steps, validation_freq=validated,
                            verbose=progress.fit_verbose, shuffle=False,
-                           callbacks=[recorder, *progress.callbacks(), *pinned, _EpochEnd(epoch_end)])
+                           callbacks=[recorder, *progress.callbacks(), *pinned, _EpochEnd(epoch_end, model)])
                 if getattr(model, "stop_training", False):
                     break
+            copy_average(optimizer)  # the phase's result is its weight average
         finally:
             progress.close()
             for layer, momentum in restore.items():
@@ -264,12 +288,12 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         if on_phase_end is not None:
             on_phase_end(number, phase, history)
         last_phase = phase
-    model.compile(optimizer=make_optimizer(last_phase), loss=LOSS, metrics=list(METRICS),
-                  steps_per_execution=steps_per_execution)
+    model.compile(optimizer=make_optimizer(last_phase), loss=CrossEntropy(last_phase.label_smoothing),
+                  metrics=metrics_for(classes), steps_per_execution=steps_per_execution)
     return history
 
 
-_STOCHASTIC = (layers.Dropout, layers.SpatialDropout2D, layers.GaussianNoise, layers.GaussianDropout)
+_STOCHASTIC = (layers.Dropout, layers.SpatialDropout2D, layers.GaussianNoise, layers.GaussianDropout, kl.DropPath)
 
 #: Epochs of at least this many steps get one ``fit`` call each and show Keras' own step bar (verbose=1);
 #: a phase of shorter epochs is one ``fit`` call over all its epochs, with one bar over the phase.
@@ -343,14 +367,17 @@ def resident(ds, limit: int = RESIDENT_VAL_BYTES):
 
 
 class _EpochEnd(keras.callbacks.Callback):
-    """Calls ``fn()`` at each epoch's end, after the recorder and the user's callbacks (it is listed last)."""
+    """Calls ``fn()`` at each epoch's end, after the recorder and the user's callbacks (it is listed last); a true
+    return value stops the fit and the phase (``target.stop_training``)."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, target):
         super().__init__()
-        self.fn = fn
+        self.fn, self.target = fn, target
 
     def on_epoch_end(self, epoch, logs=None):
-        self.fn()
+        if self.fn():
+            self.model.stop_training = True
+            self.target.stop_training = True
 
 
 class _EpochBar(keras.callbacks.ProgbarLogger):

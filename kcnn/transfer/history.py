@@ -69,7 +69,7 @@ class _Recorder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if isinstance(self.rate, PhaseLearningRate):
-            self.lr = self.rate.value((epoch - self.first) * self.steps)
+            self.lr = self.rate.at_batch((epoch - self.first) * self.steps)
         else:
             self.lr = float(self.rate)
 

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-BN_MODES = ("frozen", "train")
-OPTIMIZERS = ("adam", "sgd", "adamw", "rmsprop")
-LR_SCHEDULES = ("constant", "cosine")
+from kcnn.options import BN_MODES, LR_SCHEDULES, OPTIMIZERS  # noqa: F401  (their home is kcnn.options)
 
 
 class _FieldError(ValueError):
@@ -60,9 +58,21 @@ class Phase:
             layers of trained blocks use batch statistics and update their moving averages).
         optimizer: "adam", "sgd", "adamw" or "rmsprop".
         warmup: Linear warm-up from ~0 to `lr`: a number >= 1 is epochs, below 1 a fraction of the phase.
-        schedule: "constant" or "cosine" (decay to 0 by the end of the phase, after the warm-up).
+        schedule: "constant"; "cosine" (decay to 0 by the end of the phase, after the warm-up); "linear" (linear
+            decay to 0 after the warm-up); "onecycle" (Smith's one-cycle as fastai's ``fit_one_cycle``: a cosine
+            rise from ``lr / 25`` to ``lr`` over the warm-up, a quarter of the phase when ``warmup`` is 0, then a
+            cosine fall to ``lr / 1e5``).
         weight_decay: Decoupled weight decay (biases and BN parameters excluded).
         momentum: SGD momentum.
+        nesterov: Nesterov momentum (SGD).
+        label_smoothing: In [0, 1): cross-entropy against targets smoothed toward uniform (`kcnn.transfer.CrossEntropy`).
+        ema: Decay of an exponential moving average of the trained weights (e.g. 0.999; 0: off). The average is what
+            is validated during the phase and what the model holds after it; it is part of every checkpoint.
+        ema_warmup: Ramp the EMA decay up as ``min(ema, (1 + t) / (10 + t))`` at update ``t`` (timm's warm-up), so
+            the average forgets its starting weights quickly in short phases.
+        accumulate: Gradient accumulation: the optimizer steps once every ``accumulate`` batches, with their mean
+            gradient (an effective batch ``accumulate`` times larger); 1: off. The learning-rate schedule counts
+            optimizer steps.
         name: A name for logs; default derived from `train` ("head", "top:2", "all", ...).
 
     Example:
@@ -79,6 +89,11 @@ class Phase:
     schedule: str = "constant"
     weight_decay: float = 0.0
     momentum: float = 0.9
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+    ema: float = 0.0
+    ema_warmup: bool = True
+    accumulate: int = 1
     name: str | None = None
 
     def __post_init__(self):
@@ -135,13 +150,19 @@ def _validate_phase(phase: Phase) -> dict:
     _choice("schedule", phase.schedule, LR_SCHEDULES)
     weight_decay = _number("weight_decay", phase.weight_decay, minimum=0)
     momentum = _number("momentum", phase.momentum, minimum=0, maximum=1)
+    for flag in ("nesterov", "ema_warmup"):
+        if not isinstance(getattr(phase, flag), bool):
+            raise _FieldError(flag, f"field '{flag}' must be true or false; got {getattr(phase, flag)!r}")
+    label_smoothing = _number("label_smoothing", phase.label_smoothing, minimum=0, maximum=1)
+    ema = _number("ema", phase.ema, minimum=0, maximum=1)
+    accumulate = _number("accumulate", phase.accumulate, minimum=1, integer=True)
     name = phase.name
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise _FieldError("name", f"field 'name' must be a non-empty string; got {name!r}")
     if name is None:
         name = train if isinstance(train, str) else "+".join(train)
     return dict(epochs=epochs, train=train, lr=lr, lr_mult=lr_mult, warmup=warmup, weight_decay=weight_decay,
-                momentum=momentum, name=name)
+                momentum=momentum, label_smoothing=label_smoothing, ema=ema, accumulate=accumulate, name=name)
 
 
 class Schedule(list):
