@@ -48,17 +48,36 @@ def check(cfg: PretrainConfig) -> None:
     transfer.preprocessing_mode(cfg.backbone)  # an unknown name fails here, with the closest names
 
 
+def load_data(cfg: PretrainConfig):
+    """The source's splits with at most ``--examples`` training examples (glyphs: that many generated).
+
+    A training split smaller than ``--examples`` is used whole, and the recipe says how many it has.
+    """
+    from kcnn import data as kdata
+    from kcnn import training
+
+    common = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed)
+    option = training.size_option(cfg.data, cfg.examples)
+    try:
+        return kdata.load(cfg.data, **common, **option)
+    except kdata.DataError as err:
+        if "limit" not in option:
+            raise
+        refused = err
+    splits = kdata.load(cfg.data, **common)  # fails as above when the limit was not the problem
+    n = splits.num_examples["train"]
+    if n >= cfg.examples:
+        raise refused
+    if cfg.verbose:
+        print(f"--examples {cfg.examples}: the training split has {n} examples; using all {n}", flush=True)
+    return splits
+
+
 def run(cfg: PretrainConfig) -> int:
     check(cfg)
     from kcnn import training, transfer
 
     schedule = training.pretrain_schedule(cfg.epochs, cfg.lr)
-
-    def load_data():
-        from kcnn import data as kdata
-
-        return kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
-                          **training.size_option(cfg.data, cfg.examples))
 
     def build(splits):
         bb = transfer.backbone(cfg.backbone, None, (cfg.image_size, cfg.image_size, 3))
@@ -71,7 +90,7 @@ def run(cfg: PretrainConfig) -> int:
 
     return _job.execute(_job.Job(
         recipe="pretrain", cfg=cfg, config=_cli.run_config(cfg), schedule=schedule, augmented=False,
-        load_data=load_data, build=build, before_report=before_report,
+        load_data=lambda: load_data(cfg), build=build, before_report=before_report,
         extra=lambda run_dir, model, bb, splits, strategy: {"backbone": bb.name, "data": cfg.data},
         describe=lambda report, run_dir: (f"test accuracy {report['test_accuracy']:.3f}; checkpoint: "
                                           f"{run_dir.path} (use: python -m recipes.finetune --weights "

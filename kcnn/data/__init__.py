@@ -10,6 +10,10 @@ One entry point, :func:`load`, turns any of these sources into a :class:`Splits`
   process. ``"shapes..."`` is accepted as an old spelling of ``"glyphs..."`` for now.
 * ``"tfds:NAME"`` / ``"tfds:NAME/CONFIG"``: a prepared tensorflow-datasets image classification dataset.
   kcnn never downloads: an unprepared dataset raises :class:`DataNotFoundError` that says how to prepare it.
+* ``"fashion_mnist"``, ``"mnist"``, ``"cifar10"``, ``"cifar100"`` (fine labels), or ``"keras:NAME"``: the
+  files of ``keras.datasets.NAME.load_data()`` in Keras' cache (``$KERAS_HOME/datasets``, default
+  ``~/.keras/datasets``), downloaded as Keras does when missing; offline, a missing file raises
+  :class:`DataNotFoundError` that says how to put it there. Their test split is the dataset's own.
 * a folder of class sub-folders, or one with ``train/``, ``val/`` and ``test/`` split folders.
 * numpy arrays ``(x, y)``.
 
@@ -42,6 +46,7 @@ from kcnn.data.glyphs import (
 )
 from kcnn.data.arrays import _array_parts
 from kcnn.data.folders import FOLDER_MEMORY_BYTES, _folder_parts
+from kcnn.data.keras_datasets import KERAS_DATASETS, _keras_parts
 from kcnn.data.pipeline import balanced_class_weights
 from kcnn.data.splits import CLASS_WEIGHTS, Splits, _subset_part, class_weight_mode
 from kcnn.data.tfds import _tfds_parts
@@ -53,7 +58,8 @@ __all__ = [
 ]
 
 _SOURCE_CHOICES = ("'digits', 'glyphs', 'glyphs:N', 'glyphs:N:CHARS', 'tfds:NAME', 'tfds:NAME/CONFIG', "
-                   "a folder path, or an (x, y) tuple of arrays")
+                   f"{', '.join(repr(n) for n in KERAS_DATASETS)} (or 'keras:NAME'), a folder path, or an "
+                   "(x, y) tuple of arrays")
 #: Old spelling of the glyphs source, still accepted by load() and mapped to "glyphs".
 _GLYPHS_ALIAS = "shapes"
 
@@ -74,10 +80,11 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
     Args:
         source: ``"digits"``; ``"glyphs"``, ``"glyphs:N"`` (N examples in all) or ``"glyphs:N:CHARS"`` (one
             class per character; ``"shapes..."`` is an old spelling of the same); ``"tfds:NAME"`` or
-            ``"tfds:NAME/CONFIG"``; a folder (``str`` or ``os.PathLike``) of class sub-folders or of
-            ``train/`` ``val/`` ``test/`` split folders of class sub-folders (.jpg .jpeg .png .bmp .gif); or
-            an ``(x, y)`` tuple of arrays, ``x`` of shape (N, H, W) or (N, H, W, C) with C in 1, 3, 4 and
-            finite values in [0, 255], ``y`` integer labels.
+            ``"tfds:NAME/CONFIG"``; ``"fashion_mnist"``, ``"mnist"``, ``"cifar10"`` or ``"cifar100"``
+            (or ``"keras:NAME"``), read from Keras' dataset cache; a folder (``str`` or ``os.PathLike``) of
+            class sub-folders or of ``train/`` ``val/`` ``test/`` split folders of class sub-folders (.jpg
+            .jpeg .png .bmp .gif); or an ``(x, y)`` tuple of arrays, ``x`` of shape (N, H, W) or (N, H, W, C)
+            with C in 1, 3, 4 and finite values in [0, 255], ``y`` integer labels.
         image_size: Output size, an ``int`` (square) or ``(height, width)``. Digits and glyphs are resized
             from 8×8 by :func:`render_counts`; other images are resized (bilinear, antialiased, aspect ratio
             not kept) when their size differs.
@@ -86,7 +93,7 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
             ``0`` for no validation split. A non-zero fraction that would leave the split empty (too few
             images) raises :class:`DataError` saying how many images per class are needed.
         test_fraction: Fraction of the examples used for testing where the source has no test split; ``0``
-            for none. Checked like ``val_fraction``.
+            for none. Checked like ``val_fraction``. The Keras datasets have one and ignore it.
         seed: Seeds the split, the ``limit``/``per_class`` subset, the glyphs, the shuffling and the
             augmentation.
         augment: Training-split augmentation, applied per batch after the cache: ``None`` or ``"none"``;
@@ -179,6 +186,8 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
         names, parts = _array_parts(arg, class_names, size, fractions, seed)
     elif kind == "folder":
         names, parts, skipped = _folder_parts(arg, size, fractions, seed, cache)
+    elif kind == "keras":  # the dataset's own test split: test_fraction does not apply
+        names, parts = _keras_parts(arg, size, val_fraction, seed, label)
     else:
         tfds_cache = True if cache == "memory" else cache  # tfds caches in memory with True
         names, parts = _tfds_parts(arg, size, fractions, seed, tfds_cache, data_dir, limit, per_class)
@@ -245,7 +254,7 @@ def _source_label(source) -> str:
 
 
 def _parse_source(source):
-    """``(kind, argument)`` of a source; kinds: digits, glyphs, tfds, folder, arrays."""
+    """``(kind, argument)`` of a source; kinds: digits, glyphs, tfds, keras, folder, arrays."""
     if isinstance(source, (tuple, list)):
         if len(source) != 2:
             raise ValueError(f"An array source is an (x, y) tuple; got {len(source)} items. "
@@ -276,6 +285,12 @@ def _parse_source(source):
                 raise ValueError(f"'glyphs:N:CHARS' needs two or more distinct, visible characters, one per "
                                  f"class. Received: source={source!r}")
         return "glyphs", (count, chars)
+    if source in KERAS_DATASETS or source.startswith("keras:"):
+        name = source[len("keras:"):].strip() if source.startswith("keras:") else source
+        if name not in KERAS_DATASETS:
+            raise ValueError(f"Unknown Keras dataset in {source!r}; kcnn reads "
+                             f"{', '.join(repr(n) for n in KERAS_DATASETS)}. Received: source={source!r}")
+        return "keras", name
     if source.startswith("tfds:"):
         name = source[len("tfds:"):].strip()
         if not name:
