@@ -1,4 +1,5 @@
-"""Learning curves with phase boundaries, and confusion matrices (matplotlib's object API: no backend switch)."""
+"""Learning curves with phase boundaries, confusion matrices and grids of augmented training batches
+(matplotlib's object API: no backend switch)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -93,6 +94,58 @@ def confusion_matrix_plot(matrix, class_names, path, title: str = "confusion mat
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def _label_title(label, class_names) -> str:
+    """``"shirt"`` for an int label or a one-hot row; ``"shirt .62 / bag .38"`` for a mixed soft label."""
+    label = np.asarray(label)
+    if label.ndim == 0:
+        return str(class_names[int(label)])
+    top = np.argsort(-label, kind="stable")[:2]
+    if len(top) < 2 or label[top[1]] <= 0:
+        return str(class_names[int(top[0])])
+    return " / ".join(f"{class_names[int(c)]} " + f"{label[c]:.2f}".lstrip("0") for c in top)
+
+
+def augment_grid(splits, path, *, epoch: int = 0, count: int = 16) -> Path:
+    """A PNG grid of the first ``count`` training images of epoch ``epoch``, exactly as the training pipeline
+    yields them (augmented, erased and mixed), each titled with its label's class name (a mixed label: its two
+    largest classes and their weights, e.g. ``"shirt .62 / bag .38"``).
+
+    Args:
+        splits: A `kcnn.data.Splits`.
+        path: Output PNG path.
+        epoch: The 0-based epoch (``splits.dataset("train", training=True, epoch=epoch)``).
+        count: Images to show (fewer if the training split has fewer).
+
+    Returns:
+        The path written.
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"`count` must be a positive int. Received: count={count!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise ValueError(f"`epoch` must be a non-negative int. Received: epoch={epoch!r}")
+    images, labels = [], []
+    for batch in splits.dataset("train", training=True, epoch=int(epoch)):
+        images.extend(batch[0].numpy())
+        labels.extend(batch[1].numpy())
+        if len(images) >= count:
+            break
+    images, labels = images[:count], labels[:count]
+    cols = max(1, int(np.ceil(np.sqrt(len(images)))))
+    rows = max(1, int(np.ceil(len(images) / cols)))
+    fig = figure(figsize=(1.9 * cols, 2.0 * rows))
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, label in zip(axes, images, labels):
+        ax.imshow(np.clip(image, 0, 255).astype(np.uint8), interpolation="nearest")
+        ax.set_title(_label_title(label, splits.class_names), fontsize=7)
+    fig.suptitle(f"{splits.source}: training epoch {int(epoch)}, augment={splits.augment or 'none'}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)

@@ -36,9 +36,10 @@ from typing import Sequence
 
 import numpy as np
 
+from kcnn.data.augment import DEFAULT_MAGNITUDE, MAGNITUDE_MAX, RAND_OPS, Mixing
 from kcnn.data.errors import (
-    AUGMENTS, IMAGE_EXTENSIONS, SPLITS, DataError, DataNotFoundError, _augment_name, _image_size,
-    _positive_int,
+    AUGMENTS, IMAGE_EXTENSIONS, SPLITS, DataError, DataNotFoundError, _augment_magnitude, _augment_name,
+    _erase_probability, _image_size, _positive_int,
 )
 from kcnn.data.glyphs import (
     GLYPH_CLASSES, GLYPHS_DEFAULT_EXAMPLES, GlyphBank, _digits_parts, _glyphs_parts, glyph_bank, make_glyphs,
@@ -48,13 +49,14 @@ from kcnn.data.arrays import _array_parts
 from kcnn.data.folders import FOLDER_MEMORY_BYTES, _folder_parts
 from kcnn.data.keras_datasets import KERAS_DATASETS, _keras_parts
 from kcnn.data.pipeline import balanced_class_weights
-from kcnn.data.splits import CLASS_WEIGHTS, Splits, _subset_part, class_weight_mode
+from kcnn.data.splits import CLASS_WEIGHTS, Splits, _subset_part, class_weight_mode, mixing_value
 from kcnn.data.tfds import _tfds_parts
 
 __all__ = [
-    "AUGMENTS", "CLASS_WEIGHTS", "DataError", "DataNotFoundError", "FOLDER_MEMORY_BYTES", "GLYPH_CLASSES",
-    "GLYPHS_DEFAULT_EXAMPLES", "GlyphBank", "IMAGE_EXTENSIONS", "SPLITS", "Splits", "balanced_class_weights",
-    "glyph_bank", "load", "make_glyphs", "pipeline_throughput", "render_counts",
+    "AUGMENTS", "CLASS_WEIGHTS", "DEFAULT_MAGNITUDE", "DataError", "DataNotFoundError", "FOLDER_MEMORY_BYTES",
+    "GLYPH_CLASSES", "GLYPHS_DEFAULT_EXAMPLES", "GlyphBank", "IMAGE_EXTENSIONS", "MAGNITUDE_MAX", "Mixing",
+    "RAND_OPS", "SPLITS", "Splits", "balanced_class_weights", "glyph_bank", "load", "make_glyphs",
+    "pipeline_throughput", "render_counts",
 ]
 
 _SOURCE_CHOICES = ("'digits', 'glyphs', 'glyphs:N', 'glyphs:N:CHARS', 'tfds:NAME', 'tfds:NAME/CONFIG', "
@@ -68,7 +70,8 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
          seed: int = 0, augment: str | None = None, cache: bool | str = True, limit: int | None = None,
          per_class: int | None = None, num_examples: int | None = None,
          class_names: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None,
-         class_weight: str | None = None) -> Splits:
+         class_weight: str | None = None, augment_magnitude: float = DEFAULT_MAGNITUDE, erase: float = 0.0,
+         mixing: Mixing | None = None) -> Splits:
     """Load a data source as batched train / val / test ``tf.data`` pipelines.
 
     Splits are stratified by class and seeded: ``"digits"`` uses all 1,797 images, ``val_fraction`` and
@@ -96,10 +99,14 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
             for none. Checked like ``val_fraction``. The Keras datasets have one and ignore it.
         seed: Seeds the split, the ``limit``/``per_class`` subset, the glyphs, the shuffling and the
             augmentation.
-        augment: Training-split augmentation, applied per batch after the cache: ``None`` or ``"none"``;
-            ``"standard"``: zero-pad by 1/8 of the side (4 px at 32 px), take a random crop of the original
-            size, flip horizontally with probability 1/2; ``"crop"`` (alias ``"standard-noflip"``): the same
-            without the flip, for digits and text where a mirror image is another thing.
+        augment: Training-split augmentation, applied per batch after the cache (one of :data:`AUGMENTS`):
+            ``None`` or ``"none"``; ``"standard"``: zero-pad by 1/8 of the side (4 px at 32 px), take a random
+            crop of the original size, flip horizontally with probability 1/2; ``"crop"`` (alias
+            ``"standard-noflip"``): the same without the flip, for digits and text where a mirror image is
+            another thing; ``"photo"``: random resized crop (area 0.35-1, aspect 3/4-4/3), flip, colour
+            jitter; ``"randaugment"``: ``"standard"``, then 2 RandAugment ops per image at
+            ``augment_magnitude``; ``"trivialaugment"``: ``"standard"``, then one op per image at a uniform
+            random magnitude. The ops are described in :mod:`kcnn.data.augment`.
         cache: Keep decoded images in memory (``True``), in files under this path prefix (a ``str``; kcnn
             appends the dataset, a hash of the settings that change the data, and the split), or decode each
             epoch (``False``). The cache fills during the first full pass over a split. Digits, glyphs and
@@ -120,6 +127,14 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
         class_weight: ``None`` or ``"balanced"``: training batches become ``(images, labels, sample_weights)``
             weighted ``n / (n_classes * count[label])`` (:meth:`Splits.with_class_weight`); val and test
             are never weighted.
+        augment_magnitude: RandAugment's ``M`` in [0, 10] for ``"randaugment"``, and the strength of
+            ``"photo"``'s colour jitter (factors ``1 ± 0.04 * M``).
+        erase: Probability, per training image, of random erasing after the augmentation (timm's
+            ``--reprob``, its "pixel" mode): one rectangle of 2%-33% of the area, aspect 0.3-3.3, filled with
+            uniform noise in [0, 255]. Works with every ``augment``.
+        mixing: ``None`` or a :class:`Mixing` (mixup / cutmix) of the training batches, which then have
+            float32 ``(B, num_classes)`` soft labels (:attr:`Splits.soft_labels`); see
+            :meth:`Splits.with_mixing`.
 
     Returns:
         A :class:`Splits` with ``train``, ``val``, ``test``, ``class_names``, ``num_examples``, ``skipped``
@@ -151,6 +166,9 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
     seed = int(seed)
     augment = _augment_name(augment)
     class_weight = class_weight_mode(class_weight)
+    augment_magnitude = _augment_magnitude(augment_magnitude)
+    erase = _erase_probability(erase)
+    mixing = mixing_value(mixing)
     if not isinstance(cache, (bool, str, os.PathLike)):
         raise ValueError(f"`cache` must be True, False or a file path prefix. Received: cache={cache!r}")
     if limit is not None:
@@ -201,7 +219,8 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
     splits = Splits(train=None, val=None, test=None, class_names=list(names),
                     num_examples={s: parts[s].num_examples for s in SPLITS}, skipped=skipped, image_size=size,
                     batch_size=batch_size, source=label, augment=augment, seed=seed,
-                    class_weight=class_weight, _parts=parts)
+                    class_weight=class_weight, augment_magnitude=augment_magnitude, erase=erase,
+                    mixing=mixing, _parts=parts)
     splits.train = splits.dataset("train", training=True)
     splits.val = splits.dataset("val")
     splits.test = splits.dataset("test")

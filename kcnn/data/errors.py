@@ -1,11 +1,13 @@
 """The data package's errors, constants and argument checks, shared by its modules."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-#: Values accepted by ``load(augment=...)``.
-AUGMENTS = ("none", "standard", "crop", "standard-noflip")
+#: Values accepted by ``load(augment=...)`` (``"standard-noflip"`` is an old spelling of ``"crop"``).
+AUGMENTS = ("none", "standard", "crop", "photo", "randaugment", "trivialaugment", "standard-noflip")
 #: File name endings read from image folders (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -44,3 +46,19 @@ def _augment_name(augment) -> str | None:
         raise ValueError(f"Unknown augmentation {augment!r}; choose one of None, "
                          f"{', '.join(repr(a) for a in AUGMENTS)}. Received: augment={augment!r}")
     return augment
+
+
+def _number_in(name: str, value, low: float, high: float, what: str) -> float:
+    """``value`` as a float, refused unless it is a finite number in ``[low, high]``."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"`{name}` must be {what} in [{low:g}, {high:g}]. Received: {name}={value!r}")
+    return float(value)
+
+
+def _augment_magnitude(value) -> float:
+    return _number_in("augment_magnitude", value, 0, 10, "a number (RandAugment's magnitude M)")
+
+
+def _erase_probability(value) -> float:
+    return _number_in("erase", value, 0, 1, "a probability (per image, of a randomly erased rectangle)")

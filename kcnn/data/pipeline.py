@@ -1,4 +1,5 @@
-"""One split's examples and the pipeline that batches them: shuffle -> batch -> render -> augment -> prefetch.
+"""One split's examples and the pipeline that batches them: shuffle -> batch -> render -> augment -> erase ->
+mix -> prefetch (the batched ops of the last three in :mod:`kcnn.data.augment`).
 
 Two ways to shuffle and augment the training split:
 
@@ -19,21 +20,30 @@ has the same number of batches.
 
 Class weights (``Splits.with_class_weight("balanced")``) are one more deterministic map at the end, label ->
 weight, so a weighted epoch ``E`` has exactly the images and labels of the unweighted epoch ``E``.
+
+Each later step of a batch (RandAugment's ops, erasing, mixing) draws from a key folded from the batch's key
+with a salt of its own, so turning one on never changes what the steps before it do: ``"standard"`` with
+erasing and mixing has exactly ``"standard"``'s crops and flips.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
+from kcnn.data.augment import (
+    DEFAULT_MAGNITUDE, Mixing, mix_batch, photo, rand_augment, random_erase, trivial_augment,
+)
 from kcnn.data.errors import DataError
 
 _SHUFFLE_BUFFER_BYTES = 256 * 2**20
 _AUGMENT_SEED_OFFSET = 0x5EED
 _EPOCH_SHUFFLE_SALT = 0x5A1F
 _EPOCH_AUGMENT_SALT = 0xA06E
+_RANDAUGMENT_SALT, _PHOTO_SALT, _ERASE_SALT, _MIX_SALT = 0x2A4D, 0x9407, 0xE2A5, 0x313C
 
 
 def _epoch_key(seed: int, salt: int, epoch) -> tf.Tensor:
@@ -228,37 +238,80 @@ class _LazyArrays(Mapping):
 
 
 def _pipeline(part: _Part, batch_size: int, shuffle_seed: int | None, augment: str | None, size, *,
-              epoch=None, prefetch: bool = True, shard=None, weights=None) -> tf.data.Dataset:
-    """Batches of ``part``: shuffled when ``shuffle_seed`` is set (per ``epoch`` if given), then augmented.
+              epoch=None, prefetch: bool = True, shard=None, weights=None,
+              magnitude: float = DEFAULT_MAGNITUDE, erase: float = 0.0, mixing: Mixing | None = None,
+              one_hot: int | None = None) -> tf.data.Dataset:
+    """Batches of ``part``: shuffled when ``shuffle_seed`` is set (per ``epoch`` if given), then augmented,
+    erased and mixed, each batch keyed by one stateless seed.
 
     With ``shard=(index, count)`` only that shard's examples, and tf.data's auto-sharding turned off (the
     dataset is already one worker's share). With ``weights`` (one per class) each batch also carries its
-    examples' weights.
+    examples' weights. With ``one_hot=num_classes`` the labels are float32 ``(B, num_classes)``: one-hot, or
+    mixed by an active ``mixing`` (off in the epochs ``>= mixing.off_epoch``).
     """
     ds = part.batches(batch_size, shuffle_seed, epoch, shard)
-    if augment is not None:
-        pad = max(1, round(min(size) / 8))
-        flip = augment == "standard"
+    if mixing is not None and (not mixing.active or one_hot is None):
+        mixing = None
+    mix_on = True
+    if mixing is not None and mixing.off_epoch is not None and epoch is not None:
+        if isinstance(epoch, tf.Tensor):
+            mix_on = tf.less(tf.cast(epoch, tf.int64), mixing.off_epoch)
+        elif epoch >= mixing.off_epoch:
+            mixing = None
+    if augment is not None or erase > 0 or mixing is not None:
+        step = functools.partial(_train_batch, augment=augment, pad=max(1, round(min(size) / 8)),
+                                 magnitude=magnitude, erase=erase, mixing=mixing, num_classes=one_hot,
+                                 weights=weights, mix_on=mix_on)
         if epoch is None:
             base = tf.constant(shuffle_seed or 0, tf.int64)
             noise = tf.data.Dataset.random(seed=(shuffle_seed or 0) + _AUGMENT_SEED_OFFSET,
                                            rerandomize_each_iteration=True)
             ds = tf.data.Dataset.zip((ds, noise)).map(
-                lambda batch, r: _augment_batch(batch[0], batch[1], tf.stack([base, r]), pad, flip),
+                lambda batch, r: step(batch[0], batch[1], tf.stack([base, r])),
                 num_parallel_calls=tf.data.AUTOTUNE)
         else:
             key = _epoch_key(shuffle_seed or 0, _EPOCH_AUGMENT_SALT, epoch)
             if shard is not None:
                 key = tf.random.experimental.stateless_fold_in(key, shard[0])
             ds = ds.enumerate().map(
-                lambda i, batch: _augment_batch(batch[0], batch[1],
-                                                tf.random.experimental.stateless_fold_in(key, i), pad, flip),
+                lambda i, batch: step(batch[0], batch[1], tf.random.experimental.stateless_fold_in(key, i)),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    if weights is not None:
-        ds = _with_weights(ds, weights)
+    if mixing is None:
+        if weights is not None:
+            ds = _with_weights(ds, weights)
+        if one_hot is not None:
+            ds = ds.map(lambda x, y, *w: (x, tf.one_hot(y, one_hot, dtype=tf.float32), *w),
+                        num_parallel_calls=tf.data.AUTOTUNE)
     if shard is not None:
         ds = _no_auto_shard(ds)
     return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
+
+
+@tf.autograph.experimental.do_not_convert  # plain graph code: tracing it through autograph only costs time
+def _train_batch(images, labels, seed, *, augment, pad, magnitude, erase, mixing, num_classes, weights,
+                 mix_on):
+    """One training batch augmented, erased and mixed, all keyed by ``seed``.
+
+    ``standard`` and ``crop`` are :func:`_augment_batch` keyed by ``seed`` itself (as they always were); the
+    later steps get keys folded from it, so adding one never changes what the earlier ones do.
+    """
+    if augment in ("standard", "crop", "randaugment", "trivialaugment"):
+        images, _ = _augment_batch(images, labels, seed, pad, augment != "crop")
+    if augment == "randaugment":
+        images = rand_augment(images, _fold(seed, _RANDAUGMENT_SALT), magnitude)
+    elif augment == "trivialaugment":
+        images = trivial_augment(images, _fold(seed, _RANDAUGMENT_SALT))
+    elif augment == "photo":
+        images = photo(images, _fold(seed, _PHOTO_SALT), magnitude)
+    if erase > 0:
+        images = random_erase(images, _fold(seed, _ERASE_SALT), erase)
+    if mixing is not None:
+        return mix_batch(images, labels, _fold(seed, _MIX_SALT), mixing, num_classes, weights, mix_on)
+    return images, labels
+
+
+def _fold(seed, salt: int):
+    return tf.random.experimental.stateless_fold_in(seed, salt)
 
 
 def _no_auto_shard(ds: tf.data.Dataset) -> tf.data.Dataset:

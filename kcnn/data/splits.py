@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from kcnn.data.errors import SPLITS, DataError, _positive_int
+from kcnn.data.augment import DEFAULT_MAGNITUDE, Mixing
+from kcnn.data.errors import SPLITS, DataError, _augment_magnitude, _erase_probability, _positive_int
 from kcnn.data.pipeline import (
     _LazyArrays, _MemoryPart, _Part, _StreamPart, _no_auto_shard, _pipeline, _shard_size, _shard_value,
     balanced_class_weights,
@@ -26,13 +27,14 @@ class Splits:
 
     Attributes:
         train: Batched, shuffled (and, if asked, augmented) training ``tf.data.Dataset`` of
-            ``(float32 images (B, H, W, 3) in [0, 255], int32 labels (B,))``. Each pass over this one object
+            ``(float32 images (B, H, W, 3) in [0, 255], int32 labels (B,))`` (float32 ``(B, num_classes)``
+            labels when :attr:`soft_labels`). Each pass over this one object
             is reshuffled and re-augmented, so which order a pass sees depends on how many passes came
             before it; for training that must resume exactly, use :meth:`epochs` (or
             ``dataset(training=True, epoch=E)``), whose order and augmentation depend only on the seed and
             the epoch.
-        val: Batched validation dataset, in a fixed order, never augmented.
-        test: Batched test dataset, in a fixed order, never augmented.
+        val: Batched validation dataset, in a fixed order, never augmented or mixed, int32 labels.
+        test: Batched test dataset, in a fixed order, never augmented or mixed, int32 labels.
         class_names: Names of the classes; label ``i`` is ``class_names[i]``.
         num_examples: Examples per split, ``{"train": n, "val": n, "test": n}``.
         skipped: ``(path, reason)`` of each file that could not be used (folder sources only).
@@ -40,12 +42,19 @@ class Splits:
         batch_size: Examples per batch.
         source: The source as given to :func:`kcnn.data.load` (arrays are shown as ``"arrays"``, the
             ``"shapes"`` alias as ``"glyphs"``).
-        augment: The augmentation applied to ``train`` (``None`` for none).
+        augment: The augmentation applied to ``train`` (``None`` for none): a name of
+            :data:`kcnn.data.AUGMENTS`.
+        augment_magnitude: The strength of ``"photo"``'s colour jitter and of ``"randaugment"``'s ops, in
+            [0, 10] (RandAugment's ``M``; see :mod:`kcnn.data.augment`).
+        erase: Probability that a training image gets a randomly erased rectangle (after the augmentation).
+        mixing: ``None`` or the :class:`~kcnn.data.Mixing` (mixup / cutmix) of the training batches; see
+            :attr:`soft_labels` and :meth:`with_mixing`.
         seed: The seed of the split, the subset, the shuffling and the augmentation.
         class_weight: ``None`` (batches are ``(images, labels)``) or ``"balanced"``: every batch of the
             training split is ``(images, labels, sample_weights)`` with weight ``n / (k * count[label])``
             (scikit-learn's "balanced"; :attr:`class_weights`), which Keras' ``fit`` and kcnn's engines apply
             to the loss. Validation and test batches are never weighted. See :meth:`with_class_weight`.
+            With :attr:`mixing` a mixed example's weight is ``lam * w[y] + (1 - lam) * w[partner's y]``.
     """
 
     train: tf.data.Dataset
@@ -60,17 +69,25 @@ class Splits:
     augment: str | None = None
     seed: int = 0
     class_weight: str | None = None
+    augment_magnitude: float = DEFAULT_MAGNITUDE
+    erase: float = 0.0
+    mixing: Mixing | None = None
     _parts: dict = field(default_factory=dict, repr=False)
     _arrays: _LazyArrays | None = field(default=None, repr=False)
     _weights: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.class_weight = class_weight_mode(self.class_weight)
+        self.augment_magnitude = _augment_magnitude(self.augment_magnitude)
+        self.erase = _erase_probability(self.erase)
+        self.mixing = mixing_value(self.mixing)
 
     def __repr__(self) -> str:
         return (f"Splits(source={self.source!r}, image_size={self.image_size}, "
                 f"classes={len(self.class_names)}, "
                 f"num_examples={self.num_examples}, batch_size={self.batch_size}, augment={self.augment!r}, "
+                f"augment_magnitude={self.augment_magnitude:g}, erase={self.erase:g}, "
+                f"mixing={self.mixing!r}, "
                 f"class_weight={self.class_weight!r}, skipped={len(self.skipped)})")
 
     @property
@@ -152,8 +169,46 @@ class Splits:
         out.train = out.dataset("train", training=True)
         return out
 
+    @property
+    def soft_labels(self) -> bool:
+        """Whether the training split's labels are float32 ``(B, num_classes)`` (:attr:`mixing` is active).
+
+        Then every pipeline of the training split (``train``, ``dataset("train", ...)`` with or without
+        ``training``, :meth:`epochs`) yields them: mixed batches ``lam * onehot(y) + (1 - lam) *
+        onehot(partner's y)``, every other batch (unmixed by ``prob``, the epochs ``>= mixing.off_epoch``, the
+        fixed order) one-hot, so the label format of a run never changes. Validation and test keep int32
+        labels: train with a categorical loss and evaluate with a sparse one, or one-hot them.
+        """
+        return self.mixing is not None and self.mixing.active
+
+    def with_mixing(self, mixing: Mixing | None) -> "Splits":
+        """The same splits with the training batches mixed by ``mixing`` (``None``: not mixed).
+
+        The images before mixing are exactly those of the unmixed splits (same ``(seed, epoch)`` order,
+        augmentation and erasing).
+
+        Args:
+            mixing: A :class:`~kcnn.data.Mixing` or ``None``.
+
+        Returns:
+            A new :class:`Splits` sharing this one's data.
+
+        Raises:
+            ValueError: Anything else.
+        """
+        out = dataclasses.replace(self, mixing=mixing_value(mixing))
+        out.train = out.dataset("train", training=True)
+        return out
+
     def _train_weights(self, split: str):
         return self.class_weights if split == "train" else None
+
+    def _options(self, split: str, training: bool) -> dict:
+        """``_pipeline``'s keyword arguments for ``split``, beyond the order."""
+        soft = split == "train" and self.soft_labels
+        return dict(weights=self._train_weights(split), magnitude=self.augment_magnitude,
+                    erase=self.erase if training else 0.0, mixing=self.mixing if training and soft else None,
+                    one_hot=self.num_classes if soft else None)
 
     def _split(self, split: str) -> _Part:
         if split not in self._parts:
@@ -167,7 +222,8 @@ class Splits:
 
         Args:
             split: ``"train"``, ``"val"`` or ``"test"``.
-            training: Shuffle (seeded) and apply the splits' augmentation. Without ``epoch`` it is
+            training: Shuffle (seeded) and apply the splits' augmentation and erasing (and, for the
+                training split, the mixing). Without ``epoch`` it is
                 reshuffled each time it is iterated, as ``splits.train`` is. ``False`` gives the split in its
                 fixed order without augmentation, e.g. to compute features once.
             batch_size: Examples per batch; defaults to the splits' ``batch_size``.
@@ -184,7 +240,8 @@ class Splits:
 
         Returns:
             A ``tf.data.Dataset`` of ``(float32 images, int32 labels)`` batches, plus float32 sample weights
-            for the training split when :attr:`class_weight` is set.
+            for the training split when :attr:`class_weight` is set; the training split's labels are float32
+            ``(B, num_classes)`` when :attr:`soft_labels`.
 
         Example:
             >>> from kcnn.data import load
@@ -202,7 +259,7 @@ class Splits:
                                  f"training=True with it. Received: epoch={epoch!r}, training=False")
             epoch = _epoch_value(epoch)
         return _pipeline(part, batch, self.seed if training else None, self.augment if training else None,
-                         self.image_size, epoch=epoch, shard=shard, weights=self._train_weights(split))
+                         self.image_size, epoch=epoch, shard=shard, **self._options(split, training))
 
     def steps_per_epoch(self, split: str = "train", *, shard=None) -> int:
         """Batches in one epoch of ``split``: ``ceil(num_examples / batch_size)``; the last may be smaller.
@@ -230,7 +287,8 @@ class Splits:
 
         Returns:
             A ``tf.data.Dataset`` of ``(float32 images, int32 labels)`` batches (plus sample weights when
-            :attr:`class_weight` is set and ``split`` is ``"train"``).
+            :attr:`class_weight` is set and ``split`` is ``"train"``; the training split's labels float32
+            ``(B, num_classes)`` when :attr:`soft_labels`).
 
         Example:
             >>> from kcnn.data import load
@@ -246,11 +304,11 @@ class Splits:
         if end < first:
             raise ValueError(f"`end` must not be below `first`. Received: first={first}, end={end}")
         seed, augment, size, batch = self.seed, self.augment, self.image_size, self.batch_size
-        weights = self._train_weights(split)
+        options = self._options(split, True)
 
         def one_epoch(e):
             return _pipeline(part, batch, seed, augment, size, epoch=e, prefetch=False, shard=shard,
-                             weights=weights)
+                             **options)
 
         if isinstance(part, _StreamPart):
             # a tfds stream shuffles with Dataset.shuffle, whose seed must be a Python int here: a tensor seed
@@ -270,6 +328,14 @@ def class_weight_mode(class_weight) -> str | None:
     if isinstance(class_weight, str) and class_weight.lower() in CLASS_WEIGHTS:
         return class_weight.lower()
     raise ValueError(f"`class_weight` must be None or 'balanced'. Received: class_weight={class_weight!r}")
+
+
+def mixing_value(mixing) -> Mixing | None:
+    """``mixing`` checked: ``None`` or a :class:`~kcnn.data.Mixing`."""
+    if mixing is None or isinstance(mixing, Mixing):
+        return mixing
+    raise ValueError(f"`mixing` must be None or a kcnn.data.Mixing, e.g. Mixing(mixup=0.8, cutmix=1.0). "
+                     f"Received: mixing={mixing!r}")
 
 
 def _epoch_value(epoch):
