@@ -267,6 +267,16 @@ def native_size(backbone) -> int:
     return int(min(sides)) if sides else KERAS_NATIVE_DEFAULT
 
 
+def native_size_of(name: str) -> int:
+    """`native_size` by a backbone's name (keras.applications or kcnn registry), before anything is built."""
+    from kcnn.transfer.names import resolve
+
+    source, arch = resolve(name)
+    if source == "kcnn":
+        return int(min(get_entry(arch).default_input_shape[:2]))
+    return KERAS_NATIVE_SIZES.get(arch, KERAS_NATIVE_DEFAULT)
+
+
 def check_image_size(backbone, image_size, model=None) -> dict:
     """``image size``: the images' side against the backbone's minimum (fail below) and half its native size
     (warn below: features learned at 224 px lose most of their meaning at a quarter of the scale).

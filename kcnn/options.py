@@ -1,8 +1,9 @@
 """The choice lists of kcnn's settings, in one module that imports nothing (the recipes read them for their flags
 before TensorFlow loads; the library checks its arguments against the same tuples)."""
 
-#: Training-split augmentations (`kcnn.data.load`'s ``augment``).
-AUGMENTS = ("none", "standard", "crop", "photo", "randaugment")
+#: Training-split augmentations (`kcnn.data.load`'s ``augment``; it also takes the old spelling "standard-noflip"
+#: of "crop").
+AUGMENTS = ("none", "standard", "crop", "photo", "randaugment", "trivialaugment")
 #: Learning-rate shapes of a phase (`kcnn.transfer.Phase`'s ``schedule``).
 LR_SCHEDULES = ("constant", "cosine", "linear", "onecycle")
 #: Optimizers of a phase.

@@ -260,6 +260,7 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
     ends = dict(enumerate((end for _, end in schedule.boundaries()), start=1))
     history = transfer.ScheduleHistory()
     earlier = {}  # phase number -> seconds it ran before this process (an interrupted run)
+    started = time.perf_counter()
 
     def on_epoch_end(row, model_, optimizer, phase_number):
         record = {"epoch": row["epoch"], "phase": row["phase_name"], "lr": row.get("lr"),
@@ -289,6 +290,10 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
         run.checkpoint(record, transfer.training_state(model_, optimizer, phase=phase_number, epoch=row["epoch"]),
                        phase=phase_info, best=kept, best_arrays=kept_arrays,
                        epochs_done=ends[phase_number] if stop else None)
+        if verbose and distribute.is_chief(strategy) and "eta" not in earlier:
+            earlier["eta"] = True
+            print(eta_line(time.perf_counter() - started, int(row["epoch"]) - initial,
+                           schedule.total_epochs - int(row["epoch"])), flush=True)
         if stop and verbose and distribute.is_chief(strategy):
             print(f"phase {phase_number} '{phase.name}': no better {best.monitor} for {best.patience} epochs; "
                   f"stopping it after epoch {row['epoch']}", flush=True)
@@ -312,6 +317,20 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
                 print(f"keeping epoch {kept['epoch']} (best {best.monitor}: {kept.get(best.monitor):.4f}) "
                       f"over the last, epoch {run.history[-1]['epoch']}", flush=True)
     return run.history
+
+
+def eta_line(seconds: float, epochs_run: int, epochs_left: int) -> str:
+    """What the first epoch says of the whole run: its time and the remaining epochs' at the same pace (an upper
+    bound: the first epoch also traces the graphs)."""
+    if epochs_left <= 0:
+        return f"epoch took {seconds:.0f} s"
+    per = seconds / max(1, epochs_run)
+    left = per * epochs_left
+    when = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+    if left >= 5400:
+        when = f"{left / 3600:.1f} h"
+    return (f"first epoch took {seconds:.0f} s; the remaining {epochs_left} epochs will take about {when} at this "
+            "pace (an upper bound)")
 
 
 def best_summary(run: RunDir, best: BestEpoch | None, validation_examples: int | None) -> dict:

@@ -146,9 +146,9 @@ def build_parser(config_cls, prog: str, description: str, positional: tuple = ()
             parser.add_argument(f.name, nargs="+" if kind.startswith("list") else None, help=help_text)
             continue
         flag = "--" + f.name.replace("_", "-")
-        if kind == "bool":
+        if _field_kind(f)[0] == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_text} (default: {f.default})")
+                                help=help_text if f.default is None else f"{help_text} (default: {f.default})")
             continue
         caster = {"int": int, "float": float, "int|None": int, "float|None": float}.get(kind, str)
         default = f.default if f.default is not dataclasses.MISSING else None

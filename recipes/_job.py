@@ -31,7 +31,8 @@ class Job:
         recipe: "train", "pretrain" or "finetune" (the run folder's marker and default name).
         cfg: The recipe's config (fields out, resume, overwrite, seed, verbose, distribute, cpu_devices).
         config: What the run folder's config.toml records.
-        schedule: The `kcnn.transfer.Schedule` to fit.
+        schedule: The `kcnn.transfer.Schedule` to fit, or ``(splits) -> Schedule`` when it depends on the data
+            (``recipes.finetune --schedule auto``); the one used is put in ``resolved_schedule["schedule"]``.
         augmented: Whether the training data are randomly augmented (no feature cache then).
         load_data: ``() -> kcnn.data.Splits``.
         build: ``(splits) -> (model, backbone)``, called under the strategy's scope.
@@ -57,6 +58,7 @@ class Job:
     describe: Callable
     extra: Callable | None = None
     before_report: Callable | None = None
+    resolved_schedule: dict = field(default_factory=dict)
     best: Any = None
     tta: str = "none"
     show_batch: bool = False
@@ -99,6 +101,12 @@ def _execute(job: Job, opened: list) -> int:
         sizes = ", ".join(f"{k} {v}" for k, v in splits.num_examples.items())
         print(f"data {getattr(cfg, 'data', '')}: {len(splits.class_names)} classes; {sizes}", flush=True)
     distribute.check_batch(strategy, splits)  # multiworker: a global batch the replicas cannot split
+    if callable(job.schedule):
+        job.schedule = job.schedule(splits)
+        if cfg.verbose:
+            print(f"schedule for {splits.num_examples['train']} training images: " + ", then ".join(
+                f"{p.name} {p.epochs} epochs" for p in job.schedule), flush=True)
+    job.resolved_schedule["schedule"] = job.schedule
     if job.show_batch:
         from kcnn import plots
 

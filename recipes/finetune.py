@@ -28,19 +28,22 @@ class FinetuneConfig(_toolbox.Toolbox):
                                                   "folders"})
     per_class: int = field(default=-1, metadata={"help": "labelled training images per class (-1: 1 for the "
                                                  "digits demo, all otherwise; 0: all)"})
-    image_size: int = field(default=32, metadata={"help": "side in pixels the images are loaded and the backbone "
-                                                  "run at"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "side in pixels the images are loaded and the backbone run at (default: 32 for the digits demo, a "
+                "kcnn checkpoint's own, else the backbone's native input: 224 for keras.applications, the "
+                "registry's for kcnn models)"})
     # the backbone ----------------------------------------------------------------------------------------------
-    backbone: str = field(default="vgg_cifar", metadata={"help": "keras.applications name (VGG16, ResNet50, "
-                                                         "MobileNetV2, ...) or a kcnn model (vgg_cifar, resnet20, "
-                                                         "...)"})
+    backbone: str | None = field(default=None, metadata={
+        "help": "keras.applications name (VGG16, ResNet50, MobileNetV2, ...) or a kcnn model (vgg_cifar, resnet20, "
+                "...) (default: a kcnn checkpoint's own architecture with --weights CHECKPOINT, else vgg_cifar)"})
     weights: str = field(default="glyphs", metadata={"help": "glyphs (pretrain on kcnn's synthetic glyphs, "
                                                      "cached) | imagenet | none | PATH (.h5) | kcnn checkpoint"})
     pretrain_examples: int = field(default=8000, metadata={"help": "synthetic images for --weights glyphs"})
     pretrain_epochs: int = field(default=3, metadata={"help": "epochs for --weights glyphs"})
     # how to fine-tune -----------------------------------------------------------------------------------------
-    schedule: str = field(default="demo", metadata={"help": "preset (demo, lecture, two-phase, gradual) or a "
-                                                    "TOML/JSON schedule file"})
+    schedule: str | None = field(default=None, metadata={
+        "help": "auto (the rule by training-set size, README), a preset (demo, lecture, two-phase, gradual) or a "
+                "TOML/JSON schedule file (default: demo for the digits demo, else auto)"})
     epochs: int | None = field(default=None, metadata={"help": "total epochs; rescales the schedule's phases"})
     lr: float | None = field(default=None, metadata={"help": "learning rate of the first phase; every phase's rate "
                                                      "is scaled by the same factor (e.g. what python -m "
@@ -53,8 +56,9 @@ class FinetuneConfig(_toolbox.Toolbox):
     dropout: float = field(default=0.0, metadata={"help": "dropout in the new head (with --hidden)"})
     hidden: int = field(default=0, metadata={"help": "width of a hidden layer in the new head (0: none)"})
     augment: str = _cli.augment_field("none")
-    compare_scratch: bool = field(default=True, metadata={"help": "also train the same network from scratch on "
-                                                          "the same data and report both"})
+    compare_scratch: bool | None = field(default=None, metadata={
+        "help": "also train the same network from scratch on the same data and report both (default: on for the "
+                "digits demo only)"})
     # the run ---------------------------------------------------------------------------------------------------
     out: str | None = field(default=None, metadata={"help": "run folder (default runs/finetune-<time>)"})
     resume: bool = field(default=False, metadata={"help": "continue the interrupted run in --out"})
@@ -70,6 +74,48 @@ class FinetuneConfig(_toolbox.Toolbox):
 
 #: Labelled digits per class in the demo: 1, so 10 training images.
 DEMO_PER_CLASS = 1
+#: The demo's backbone and image side (the defaults when --data is the digits and no checkpoint says otherwise).
+DEMO_BACKBONE, DEMO_IMAGE_SIZE = "vgg_cifar", 32
+
+
+def checkpoint_meta(weights: str) -> dict | None:
+    """The metadata (kcnn.json: arch, input_shape, ...) of a kcnn checkpoint given as --weights, else None."""
+    import json
+    from pathlib import Path
+
+    path = Path(weights)
+    folder = path if path.is_dir() else path.parent
+    meta = folder / "kcnn.json"
+    if weights.lower() in ("glyphs", "imagenet", "none") or not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def resolved(cfg):
+    """``cfg`` with the defaults that depend on other flags filled in: --backbone (a checkpoint's own
+    architecture, else the demo's), --image-size (the demo's 32 on the digits, a checkpoint's own, else the
+    backbone's native input side) and --compare-scratch (the demo only)."""
+    from kcnn import checks
+
+    meta = checkpoint_meta(cfg.weights)
+    backbone = cfg.backbone or (str(meta["arch"]) if meta and meta.get("arch") else DEMO_BACKBONE)
+    image_size = cfg.image_size
+    if image_size is None:
+        if cfg.data == "digits":
+            image_size = DEMO_IMAGE_SIZE
+        elif meta and meta.get("input_shape"):
+            image_size = int(meta["input_shape"][0])
+        else:
+            image_size = checks.native_size_of(backbone)
+    changes = {"backbone": backbone, "image_size": image_size,
+               "schedule": cfg.schedule or ("demo" if cfg.data == "digits" else "auto")}
+    if getattr(cfg, "compare_scratch", False) is None:
+        changes["compare_scratch"] = cfg.data == "digits"
+    return dataclasses.replace(cfg, **changes)
 
 #: The demo's schedule: the (zero-initialized) head on cached features, then everything with BN frozen at a 30th of
 #: the rate, as in the Keras transfer-learning guide (README, "The demo").
@@ -82,7 +128,7 @@ DEMO_SCHEDULE = [
 def check(cfg: FinetuneConfig) -> None:
     """Every flag, the schedule and the backbone name, before anything is loaded or written."""
     for name in ("image_size", "batch_size", "pretrain_examples", "pretrain_epochs"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise _cli.UsageError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(cfg, name)}")
     if cfg.epochs is not None and cfg.epochs < 1:
         raise _cli.UsageError(f"--epochs must be >= 1; got {cfg.epochs}")
@@ -99,16 +145,26 @@ def check(cfg: FinetuneConfig) -> None:
     _cli.check_weights(cfg.weights, special=("glyphs", "imagenet", "none"))
     from kcnn import transfer
 
+    meta = checkpoint_meta(cfg.weights)
+    if meta and cfg.backbone and meta.get("arch") and str(meta["arch"]).lower() != cfg.backbone.lower():
+        raise _cli.UsageError(f"--weights {cfg.weights} holds a {meta['arch']}, not a {cfg.backbone}: leave "
+                              f"--backbone out (or pass --backbone {meta['arch']}) to fine-tune it")
+    cfg = resolved(cfg)
     transfer.preprocessing_mode(cfg.backbone)  # an unknown name fails here, with the closest names
     _toolbox.model_options(cfg, cfg.backbone)
 
 
-def schedule_of(cfg: FinetuneConfig):
-    """The run's schedule: the demo's, a preset or a file, rescaled to --epochs."""
+def schedule_of(cfg: FinetuneConfig, train_examples: int | None = None):
+    """The run's schedule: the demo's, the rule's for ``train_examples`` (`kcnn.transfer.auto_schedule`), a preset
+    or a file, rescaled to --epochs and --lr."""
     from kcnn import transfer
 
-    schedule = transfer.Schedule([transfer.Phase(**p) for p in DEMO_SCHEDULE]) if cfg.schedule == "demo" \
-        else transfer.load_schedule(cfg.schedule)
+    if cfg.schedule == "demo":
+        schedule = transfer.Schedule([transfer.Phase(**p) for p in DEMO_SCHEDULE])
+    elif cfg.schedule == "auto":
+        schedule = transfer.auto_schedule(train_examples or 1, cfg.batch_size)
+    else:
+        schedule = transfer.load_schedule(cfg.schedule)
     if cfg.lr is not None:
         factor = cfg.lr / schedule[0].lr
         schedule = transfer.Schedule([dataclasses.replace(p, lr=p.lr * factor) for p in schedule])
@@ -118,7 +174,11 @@ def schedule_of(cfg: FinetuneConfig):
 
 def run(cfg: FinetuneConfig) -> int:
     check(cfg)
-    schedule = schedule_of(cfg)
+    cfg = resolved(cfg)
+    # auto: the schedule follows the training set's size, known once the data are loaded
+    schedule = (lambda splits: schedule_of(cfg, splits.num_examples["train"])) if cfg.schedule == "auto" \
+        else schedule_of(cfg)
+    ran = {}
     per_class = (DEMO_PER_CLASS if cfg.data == "digits" else 0) if cfg.per_class == -1 else cfg.per_class
     hidden = (cfg.hidden,) if cfg.hidden else ()
     weights = {"none": None}.get(cfg.weights.lower(), cfg.weights)
@@ -151,7 +211,7 @@ def run(cfg: FinetuneConfig) -> int:
         result = {"backbone": bb.name, "weights": used["weights"], "schedule": cfg.schedule, "data": cfg.data,
                   "labels_per_class": per_class, "train_examples": splits.num_examples.get("train")}
         if cfg.compare_scratch:
-            result.update(_scratch(cfg, run_dir, bb, schedule, splits, hidden))
+            result.update(_scratch(cfg, run_dir, bb, ran["schedule"], splits, hidden))
         return result
 
     def describe(report, run_dir):
@@ -160,9 +220,10 @@ def run(cfg: FinetuneConfig) -> int:
             line += f", from scratch {report['scratch_test_accuracy']:.3f}"
         return f"{line}  ({run_dir.path})"
 
-    config = _cli.run_config(cfg, per_class=per_class, schedule_phases=schedule.to_dict()["phase"])
+    phases = {} if callable(schedule) else {"schedule_phases": schedule.to_dict()["phase"]}
+    config = _cli.run_config(cfg, per_class=per_class, **phases)
     return _job.execute(_job.Job(
-        recipe="finetune", cfg=cfg, config=config, schedule=schedule,
+        recipe="finetune", cfg=cfg, config=config, schedule=schedule, resolved_schedule=ran,
         augmented=_toolbox.randomized(cfg, cfg.augment), load_data=load_data, build=build, extra=extra,
         describe=describe, best=_toolbox.best_epoch(cfg), tta=_toolbox.tta(cfg), show_batch=cfg.show_batch,
         title=lambda bb: f"fine-tune {bb.name} on {cfg.data}"))
@@ -186,8 +247,10 @@ def _scratch(cfg, run_dir, bb, schedule, splits, hidden) -> dict:
     started = time.perf_counter()
     fresh = transfer.backbone(bb.name, None, bb.input_shape, preprocessing=bb.preprocessing)
     model = transfer.classifier(fresh, len(splits.class_names), head=cfg.head, dropout=cfg.dropout, hidden=hidden)
+    # the rule's runs get a scratch run with the rule's decay (cosine, a short warm-up); the others a constant rate
+    shape = dict(schedule="cosine", warmup=0.05) if cfg.schedule == "auto" else {}
     plan = _toolbox.schedule_with(cfg, transfer.Schedule([transfer.Phase(
-        epochs=schedule.total_epochs, train="all", lr=schedule[0].lr, bn="train", name="scratch")]))
+        epochs=schedule.total_epochs, train="all", lr=schedule[0].lr, bn="train", name="scratch", **shape)]))
     if cfg.verbose:
         print(f"training {bb.name} from scratch on the same data for comparison", flush=True)
     history = transfer.fit_schedule(model, fresh, plan, splits, verbose=cfg.verbose,

@@ -80,7 +80,8 @@ def load(cfg):
     from kcnn import data as kdata
     from kcnn import training, transfer
 
-    fcfg = finetune_config(cfg)
+    fcfg = finetune.resolved(finetune_config(cfg))
+    cfg = dataclasses.replace(cfg, backbone=fcfg.backbone, image_size=fcfg.image_size)
     schedule = finetune.schedule_of(fcfg)
     per_class = (finetune.DEMO_PER_CLASS if cfg.data == "digits" else 0) if cfg.per_class == -1 else cfg.per_class
     splits = kdata.load(cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -180,7 +180,10 @@ def test_fit_distributed_runs_a_schedule_like_fit_schedule():
         assert [r[key] for r in got.epochs] == pytest.approx([r[key] for r in expected.epochs], rel=1e-4), key
     assert max(np.max(np.abs(a - b)) for a, b in zip(model.get_weights(), model2.get_weights())) < 1e-5
     assert [p["blocks"] for p in got.phases] == [[], ["block3"]]
-    assert seen == [(e, True, ["accuracy", "loss", "val_accuracy", "val_loss"]) for e in range(3)]
+    keys = ["accuracy", "loss", "top5_accuracy", "val_accuracy", "val_loss", "val_top5_accuracy"]  # 10 classes
+    assert seen == [(e, True, keys) for e in range(3)]
+    for key in ("top5_accuracy", "val_top5_accuracy"):
+        assert [r[key] for r in got.epochs] == pytest.approx([r[key] for r in expected.epochs], rel=1e-4), key
 
 
 def test_fit_distributed_resumes_and_stops():

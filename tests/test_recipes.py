@@ -204,8 +204,9 @@ def test_default_demo_pretrained_beats_scratch(tmp_path, monkeypatch):
 
 
 def test_demo_defaults():
-    cfg = finetune.FinetuneConfig()
+    cfg = finetune.resolved(finetune.FinetuneConfig())
     assert (cfg.backbone, cfg.weights, cfg.schedule, cfg.pretrain_epochs) == ("vgg_cifar", "glyphs", "demo", 3)
+    assert (cfg.image_size, cfg.compare_scratch) == (32, True)
     assert finetune.DEMO_PER_CLASS == 1
     phases = [dict(p) for p in finetune.DEMO_SCHEDULE]
     assert [(p["train"], p["lr"], p.get("lr_mult")) for p in phases] == [("head", 3e-3, None), ("all", 1e-4, None)]

@@ -224,3 +224,25 @@ def test_ctrl_c_before_the_run_folder_opens_says_nothing_was_written(tmp_path, m
     assert finetune.main([*FINETUNE, "--out", str(tmp_path / "run")]) == 130
     assert "nothing was written to --out" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+TOOLBOX = ["--data", "digits", "--image-size", "16", "--model", "resnet20", "--epochs", "4", "--batch-size", "64",
+           "--seed", "3", "--verbose", "0", "--augment", "randaugment", "--erase", "0.25", "--mixup", "0.2",
+           "--cutmix", "1.0", "--mix-off-epoch", "3", "--label-smoothing", "0.1", "--ema", "0.9", "--accumulate", "2",
+           "--sched", "onecycle", "--drop-path", "0.1", "--restore-best", "--patience", "3", "--tta"]
+
+
+def test_every_toolbox_option_on_interrupted_inside_an_epoch_resumes_bit_identical(tmp_path, monkeypatch, straight):
+    """Augmentation, erasing, mixing (switched off after epoch 3), label smoothing, the weight average, gradient
+    accumulation, one-cycle, drop path, restore-best and patience together: killed inside epoch 2, resumed."""
+    reference = straight(train.main, TOOLBOX)
+    out = tmp_path / "run"
+    interrupt = Interrupt(monkeypatch, "inside epoch", 2)
+    assert train.main([*TOOLBOX, "--out", str(out)]) == 130
+    assert interrupt.fired
+    monkeypatch.undo()
+    assert train.main([*TOOLBOX, "--out", str(out), "--resume"]) == 0
+    assert _largest_difference(reference, out) == 0.0
+    ours, theirs = (json.loads((p / "report.json").read_text()) for p in (out, reference))
+    assert ours["kept_epoch"] == theirs["kept_epoch"] and ours["tta_test_accuracy"] == theirs["tta_test_accuracy"]
+    assert ours["toolbox"]["ema"] == 0.9 and (out / "augment.png").is_file()

@@ -292,3 +292,34 @@ def test_flip_tta_averages_the_mirrored_predictions():
     assert result["tta_test_loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(12), y])), rel=1e-5)
     plain = np.asarray(model(x, training=False))
     assert result["test_accuracy"] == pytest.approx(np.mean(plain.argmax(1) == y))
+
+
+# --- search ---------------------------------------------------------------------------------------------------------
+
+def test_the_hypermodels_search_label_smoothing_mixup_and_augmentation_strength():
+    import keras_tuner as kt
+    import tensorflow as tf
+
+    from kcnn import tuning
+    from kcnn.tuning import hypermodels
+
+    hp = kt.HyperParameters()
+    hp.Fixed("label_smoothing", 0.2)
+    hypermodel = tuning.HyperCNN(3, (16, 16, 3), models=["resnet20"], toolbox=True)
+    model = hypermodel.build(hp)
+    assert model.loss.label_smoothing == 0.2
+    assert {"label_smoothing", "mixup", "augment_magnitude"} <= {p.name for p in hp.space}
+    assert tuning.HyperCNN(3, (16, 16, 3), models=["resnet20"]).build(kt.HyperParameters()).loss.label_smoothing == 0
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(8) % 3)).batch(4)
+    batches = list(hypermodels.toolbox_stream(ds, {"mixup": 0.4, "augment_magnitude": 5.0}, 3))
+    images, soft = (np.asarray(t) for t in batches[0])
+    assert soft.shape == (4, 3) and np.allclose(soft.sum(1), 1.0)
+    assert not np.array_equal(images, x[:4])
+    again = list(hypermodels.toolbox_stream(ds, {"mixup": 0.4, "augment_magnitude": 5.0}, 3))
+    np.testing.assert_array_equal(np.asarray(again[1][0]), np.asarray(batches[1][0]))  # keyed, reproducible
+    assert hypermodels.toolbox_stream(ds, {"mixup": 0.0, "augment_magnitude": 0.0}, 3) is ds
+    finetune = tuning.HyperFineTune(["resnet20"], None, num_classes=3, image_size=16, epochs=4, toolbox=True)
+    hp2 = kt.HyperParameters()
+    hp2.Fixed("label_smoothing", 0.1)
+    assert [p.label_smoothing for p in finetune.schedule(hp2)] == [0.1, 0.1]

@@ -42,7 +42,7 @@ def test_cli_precedence_and_errors(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text('data = "glyphs"\nbatch-size = 8\nseed = 4\ndropout = 0\n')
     cfg = _cli.parse(FinetuneConfig, ["--config", str(config), "--seed", "5"], "p", "d")
-    assert (cfg.data, cfg.batch_size, cfg.seed, cfg.image_size) == ("glyphs", 8, 5, 32)
+    assert (cfg.data, cfg.batch_size, cfg.seed, cfg.image_size) == ("glyphs", 8, 5, None)  # None: the backbone's
     assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
     config.write_text("bogus = 1\n")
     with pytest.raises(_cli.UsageError, match="unknown option 'bogus'"):
@@ -100,7 +100,7 @@ def test_a_preset_outside_the_choices_is_one_line(tmp_path, capsys):
     config.write_text('preset = "x"\n')
     assert train.main(["--config", str(config), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "preset must be one of default, he2015; got 'x'" in err
+    assert err.count("\n") == 1 and "preset must be one of default, fast, he2015; got 'x'" in err
     assert not (tmp_path / "out").exists()
 
 

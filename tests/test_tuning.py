@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcnn import tuning
+from kcnn import transfer, tuning
 from recipes import tune
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_hypercnn_defaults():
     assert "downsample" not in hp.values and "dropout" not in hp.values  # conditional, inactive here
     assert model.name == "resnet20_tuned" and model.output.shape[-1] == 10
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
-    assert model.loss == "sparse_categorical_crossentropy"
+    assert isinstance(model.loss, transfer.CrossEntropy) and model.loss.label_smoothing == 0.0
     assert model.get_layer("backbone").trainable  # from scratch: everything trains
     assert model.count_params() == 271_098  # ResNet-20 (0.27M) with a 64 -> 10 dense head
     names = [p.name for p in hp.space]

@@ -205,7 +205,7 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
     elif kind == "folder":
         names, parts, skipped = _folder_parts(arg, size, fractions, seed, cache)
     elif kind == "keras":  # the dataset's own test split: test_fraction does not apply
-        names, parts = _keras_parts(arg, size, val_fraction, seed, label)
+        names, parts = _keras_parts(arg[0], size, val_fraction, seed, label, classes=arg[1])
     else:
         tfds_cache = True if cache == "memory" else cache  # tfds caches in memory with True
         names, parts = _tfds_parts(arg, size, fractions, seed, tfds_cache, data_dir, limit, per_class)
@@ -272,6 +272,24 @@ def _source_label(source) -> str:
     return str(source)
 
 
+def _class_subset(name: str, source: str):
+    """``"fashion_mnist[0-4]"`` / ``"cifar10[1,3,5]"`` -> (name, the class indices kept); no brackets: all."""
+    if not name.endswith("]") or "[" not in name:
+        return name, None
+    name, spec = name[:-1].split("[", 1)
+    classes = []
+    try:
+        for piece in spec.split(","):
+            low, _, high = piece.strip().partition("-")
+            classes += list(range(int(low), int(high or low) + 1))
+    except ValueError:
+        classes = []
+    if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
+        raise ValueError(f"A class subset is NAME[first-last] or NAME[i,j,...] of distinct class indices, e.g. "
+                         f"'fashion_mnist[0-4]'. Received: source={source!r}")
+    return name.strip(), tuple(classes)
+
+
 def _parse_source(source):
     """``(kind, argument)`` of a source; kinds: digits, glyphs, tfds, keras, folder, arrays."""
     if isinstance(source, (tuple, list)):
@@ -304,12 +322,14 @@ def _parse_source(source):
                 raise ValueError(f"'glyphs:N:CHARS' needs two or more distinct, visible characters, one per "
                                  f"class. Received: source={source!r}")
         return "glyphs", (count, chars)
-    if source in KERAS_DATASETS or source.startswith("keras:"):
+    base = source.split("[", 1)[0] if source.endswith("]") else source
+    if base in KERAS_DATASETS or source.startswith("keras:"):
         name = source[len("keras:"):].strip() if source.startswith("keras:") else source
+        name, classes = _class_subset(name, source)
         if name not in KERAS_DATASETS:
             raise ValueError(f"Unknown Keras dataset in {source!r}; kcnn reads "
                              f"{', '.join(repr(n) for n in KERAS_DATASETS)}. Received: source={source!r}")
-        return "keras", name
+        return "keras", (name, classes)
     if source.startswith("tfds:"):
         name = source[len("tfds:"):].strip()
         if not name:

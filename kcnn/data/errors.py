@@ -7,7 +7,9 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 #: Values accepted by ``load(augment=...)`` (``"standard-noflip"`` is an old spelling of ``"crop"``).
-AUGMENTS = ("none", "standard", "crop", "photo", "randaugment", "trivialaugment", "standard-noflip")
+from kcnn.options import AUGMENTS as _CHOICES  # noqa: E402  (the recipes' --augment choices)
+
+AUGMENTS = (*_CHOICES, "standard-noflip")
 #: File name endings read from image folders (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 

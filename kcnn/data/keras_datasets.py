@@ -88,11 +88,12 @@ def keras_datasets_dir() -> Path:
     return Path(os.path.expanduser(home)) / "datasets"
 
 
-def _keras_parts(name: str, size, val_fraction: float, seed: int, label: str):
+def _keras_parts(name: str, size, val_fraction: float, seed: int, label: str, classes=None):
     """Class names and train / val / test :class:`_MemoryPart`s of one Keras dataset.
 
     Test is the dataset's test split; val a seeded stratified ``val_fraction`` of its train split, carved
-    as from a folder that has ``train/`` and ``test/`` but no ``val/``.
+    as from a folder that has ``train/`` and ``test/`` but no ``val/``. ``classes``: keep only these class
+    indices (``"fashion_mnist[5-9]"``), relabelled 0.. in the given order, with their names.
     """
     folder = keras_datasets_dir()
     if name not in KERAS_DATASETS:
@@ -113,6 +114,16 @@ def _keras_parts(name: str, size, val_fraction: float, seed: int, label: str):
                             f"0..{len(names) - 1}; the file under {folder} is not the dataset's.")
     if len(y_train) == 0:
         raise DataError(f"{_TITLES[name]}'s training split under {folder} is empty.")
+    if classes is not None:
+        if max(classes) >= len(names):
+            raise ValueError(f"{_TITLES[name]} has classes 0..{len(names) - 1}; {label!r} asks for "
+                             f"{max(classes)}")
+        order = {c: i for i, c in enumerate(classes)}
+        names = [names[c] for c in classes]
+        train_keep, test_keep = np.isin(y_train, classes), np.isin(y_test, classes)
+        x_train, x_test = x_train[train_keep], x_test[test_keep]
+        y_train = np.array([order[int(c)] for c in y_train[train_keep]], y_train.dtype)
+        y_test = np.array([order[int(c)] for c in y_test[test_keep]], y_test.dtype)
     render = _grey_to_rgb if x_train.shape[-1] == 1 else _as_float
     x_train, x_test = _fit(x_train, size), _fit(x_test, size)
     n_classes = len(np.unique(y_train))

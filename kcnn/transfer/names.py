@@ -50,6 +50,12 @@ def _resolve(name) -> tuple[str, str]:
     )
 
 
+def resolve(name) -> tuple[str, str]:
+    """``(source, architecture)`` of a backbone name: ("keras", "ResNet50") or ("kcnn", "resnet20"); a ValueError
+    with the closest names for an unknown one."""
+    return _resolve(name)
+
+
 def _keras_family(arch: str) -> str:
     return getattr(keras.applications, arch).__module__.rsplit(".", 1)[-1]
 

@@ -103,6 +103,45 @@ def _with_nan_stop(callbacks) -> list:
     return callbacks
 
 
+#: The toolbox's search space (``toolbox=True``): name -> (values, default).
+TOOLBOX_SPACE = {
+    "label_smoothing": ((0.0, 0.1, 0.2), 0.0),
+    "mixup": ((0.0, 0.2, 0.8), 0.0),
+    "augment_magnitude": ((0.0, 5.0, 9.0), 0.0),
+}
+
+
+def _toolbox_values(hp) -> dict:
+    """Declare the toolbox's hyperparameters (idempotent) and return their values."""
+    return {name: float(hp.Choice(name, list(values), default=default))
+            for name, (values, default) in TOOLBOX_SPACE.items()}
+
+
+def toolbox_stream(ds, values: dict, num_classes: int, seed: int = 0):
+    """The training batches of ``ds`` with a trial's RandAugment magnitude (0: none) and mixup alpha (0: none),
+    each batch keyed by its index within the pass (labels become soft when mixing; sample weights, if any, are
+    kept as they are)."""
+    from kcnn.data import augment as kaug
+
+    magnitude, alpha = values.get("augment_magnitude", 0.0), values.get("mixup", 0.0)
+    if not magnitude and not alpha:
+        return ds
+    base = tf.constant([seed, 0x7B0C], tf.int64)
+    mixing = kaug.Mixing(mixup=alpha) if alpha else None
+
+    def step(i, batch):
+        x, y, w = batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+        key = tf.random.experimental.stateless_fold_in(base, i)
+        if magnitude:
+            x = kaug.rand_augment(x, key, magnitude)
+        if mixing is None:
+            return (x, y) if w is None else (x, y, w)
+        x, soft = kaug.mix_batch(x, y, tf.random.experimental.stateless_fold_in(key, 1), mixing, num_classes)
+        return (x, soft) if w is None else (x, soft, w)  # per-example weights stay the batch's own
+
+    return ds.enumerate().map(step, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _positive_int(name, value, minimum=1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
@@ -144,6 +183,8 @@ class HyperCNN(kt.HyperModel):
     * ``optimizer``: the ``optimizers`` argument, *first one* ("adam")
     * ``learning_rate``: 1e-4 .. 1e-1, log scale, *1e-3*
     * ``weight_decay``: 0, 1e-5, 1e-4, 1e-3 (decoupled; biases and BN excluded), *0*
+    * with ``toolbox=True``: ``label_smoothing`` 0 / 0.1 / 0.2, ``mixup`` (alpha) 0 / 0.2 / 0.8 and
+      ``augment_magnitude`` (RandAugment on top of the data's own augmentation) 0 / 5 / 9, *0 each*
 
     Args:
         num_classes: Number of classes.
@@ -166,9 +207,10 @@ class HyperCNN(kt.HyperModel):
 
     def __init__(self, num_classes: int, input_shape, models=None, optimizers=("adam", "sgd", "adamw"), *,
                  steps_per_execution: int | None = None, verbose=0, name: str | None = None,
-                 tunable: bool = True):
+                 tunable: bool = True, toolbox: bool = False, seed: int = 0):
         super().__init__(name=name, tunable=tunable)
         self.verbose = verbose
+        self.toolbox, self.seed = bool(toolbox), int(seed)
         self.num_classes = _positive_int("num_classes", num_classes)
         shape = tuple(input_shape)
         if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
@@ -242,10 +284,11 @@ class HyperCNN(kt.HyperModel):
         model = transfer.classifier(bb, self.num_classes, head=head, dropout=float(dropout or 0.0),
                                     hidden=(units,) if units else (), name=f"{name}_tuned")
         bb.model.trainable = True  # from scratch: every layer trains, BN uses batch statistics while training
+        smoothing = _toolbox_values(hp)["label_smoothing"] if self.toolbox else 0.0
         phase = transfer.Phase(epochs=1, train="all", bn="train", lr=float(learning_rate),
-                               optimizer=optimizer, weight_decay=float(weight_decay))
-        model.compile(optimizer=transfer.make_optimizer(phase), loss=LOSS, metrics=list(METRICS),
-                      steps_per_execution=self.steps_per_execution)
+                               optimizer=optimizer, weight_decay=float(weight_decay), label_smoothing=smoothing)
+        model.compile(optimizer=transfer.make_optimizer(phase), loss=transfer.CrossEntropy(smoothing),
+                      metrics=transfer.metrics_for(self.num_classes), steps_per_execution=self.steps_per_execution)
         return model
 
     def fit(self, hp, model, *args, **kwargs):
@@ -269,6 +312,12 @@ class HyperCNN(kt.HyperModel):
         data = args[0] if args else kwargs.get("x")
         if isinstance(data, tf.data.Dataset):
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself; Keras would warn
+            if self.toolbox:
+                data = toolbox_stream(data, _toolbox_values(hp), self.num_classes, self.seed)
+                if args:
+                    args = (data, *args[1:])
+                else:
+                    kwargs["x"] = data
         history = model.fit(*args, **kwargs)
         _raise_on_nan(history.history)
         return history
@@ -339,9 +388,10 @@ class HyperFineTune(kt.HyperModel):
                  max_unfreeze: int = 4, bn_modes=("frozen", "train"), head: str = "gap",
                  optimizer: str = "adam", augmented: bool | None = None,
                  steps_per_execution: int | None = None, verbose=0, name: str | None = None,
-                 tunable: bool = True):
+                 tunable: bool = True, toolbox: bool = False, seed: int = 0):
         super().__init__(name=name, tunable=tunable)
         self.verbose = verbose
+        self.toolbox, self.seed = bool(toolbox), int(seed)
         self.backbones = _names("backbones", backbones)
         self.weights = dict(weights) if isinstance(weights, dict) else weights
         if isinstance(self.weights, dict):
@@ -405,13 +455,14 @@ class HyperFineTune(kt.HyperModel):
         v = self._schedule_values(hp)
         head_epochs = min(int(v["head_epochs"]), self.epochs - 1)
         lr_mult = float(v["lr_mult"])
+        smoothing = _toolbox_values(hp)["label_smoothing"] if self.toolbox else 0.0
         return transfer.Schedule([
             transfer.Phase(epochs=head_epochs, train="head", lr=float(v["head_lr"]), optimizer=self.optimizer,
-                           name="head"),
+                           label_smoothing=smoothing, name="head"),
             transfer.Phase(epochs=self.epochs - head_epochs, train=f"top:{int(v['unfreeze_blocks'])}",
                            lr=float(v["head_lr"]) * float(v["lr_ratio"]),
                            lr_mult=None if lr_mult == 1.0 else lr_mult,
-                           bn=v["bn"], optimizer=self.optimizer, name="fine-tune"),
+                           bn=v["bn"], optimizer=self.optimizer, label_smoothing=smoothing, name="fine-tune"),
         ])
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
@@ -431,7 +482,10 @@ class HyperFineTune(kt.HyperModel):
         bb = transfer.backbone(name, self._weights_for(name), (*self.image_size, 3))
         model = transfer.classifier(bb, self.num_classes, head=self.head, dropout=float(dropout or 0.0),
                                     hidden=(units,) if units else ())
-        model.compile(optimizer=transfer.make_optimizer(schedule[0]), loss=LOSS, metrics=list(METRICS))
+        model.compile(optimizer=transfer.make_optimizer(schedule[0]), loss=transfer.CrossEntropy(
+            schedule[0].label_smoothing), metrics=transfer.metrics_for(self.num_classes))
+        if self.toolbox:
+            _toolbox_values(hp)  # declared in build, so the whole space is known before the first fit
         self._backbone_of[model] = bb
         return model
 
@@ -469,10 +523,15 @@ class HyperFineTune(kt.HyperModel):
         full = self.schedule(hp)
         end = _positive_int("epochs", self.epochs if epochs is None else epochs)
         window = _schedule_until(full, end)
+        augmented = self.augmented
+        if self.toolbox and isinstance(x, tf.data.Dataset):
+            values = _toolbox_values(hp)
+            x = toolbox_stream(x, values, self.num_classes, self.seed)
+            augmented = True if values["mixup"] or values["augment_magnitude"] else augmented
         result = transfer.fit_schedule(model, self._backbone(hp, model), window, x, validation_data,
                                        callbacks=_with_nan_stop(callbacks), initial_epoch=int(initial_epoch),
                                        verbose=self.verbose if verbose is None else verbose,
-                                       augmented=self.augmented,
+                                       augmented=augmented,
                                        steps_per_execution=self.steps_per_execution)
         history = keras.callbacks.History()
         keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if result.epochs
