@@ -144,7 +144,7 @@ def augment_grid(splits, path, *, epoch: int = 0, count: int = 16) -> Path:
     for ax, image, label in zip(axes, images, labels):
         ax.imshow(np.clip(image, 0, 255).astype(np.uint8), interpolation="nearest")
         ax.set_title(_label_title(label, splits.class_names), fontsize=7)
-    fig.suptitle(f"{splits.source}: training epoch {int(epoch)}, augment={splits.augment or 'none'}",
+    fig.suptitle(f"{splits.source}: training epoch {int(epoch) + 1}, augment={splits.augment or 'none'}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

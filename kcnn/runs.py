@@ -372,18 +372,14 @@ class RunDir:
         if not isinstance(name, str) or not _BEST_NAME.match(name):
             raise RunError(f"{self.path / 'state.json'} names best-epoch file {name!r}, which is not one of this "
                            "run's; use --overwrite to start the run again")
-        try:
-            with np.load(self.path / name, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError) as err:
-            raise RunError(f"{self.path / name} is unreadable ({err}); use --overwrite to start the run "
-                           "again") from None
+        return self._read_arrays(name)
 
     def load_checkpoint(self) -> dict[str, np.ndarray] | None:
         """The arrays of the last checkpoint, or None when no epoch has finished."""
         name = self.state.get("checkpoint")
-        if not name:
-            return None
+        return self._read_arrays(name) if name else None
+
+    def _read_arrays(self, name: str) -> dict[str, np.ndarray]:
         try:
             with np.load(self.path / name, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}

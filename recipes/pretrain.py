@@ -12,18 +12,21 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from recipes import _cli, _job
+from recipes import _cli, _job, _toolbox
 
 
 @dataclass
-class PretrainConfig:
-    data: str = field(default="glyphs", metadata={"help": "source dataset: glyphs | digits | tfds:NAME | folder"})
+class PretrainConfig(_toolbox.Toolbox):
+    data: str = field(default="glyphs", metadata={"help": "source dataset: glyphs | digits | fashion_mnist | mnist | "
+                                                  "cifar10 | cifar100 (a class subset: fashion_mnist[0-4]) | "
+                                                  "tfds:NAME | folder"})
     backbone: str = field(default="vgg_cifar", metadata={"help": "kcnn model or keras.applications name"})
     examples: int = field(default=8000, metadata={"help": "images to generate (glyphs) or use at most (others)"})
     epochs: int = field(default=6, metadata={"help": "training epochs"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate (Adam, cosine decay)"})
     image_size: int = field(default=32, metadata={"help": "side in pixels"})
     batch_size: int = field(default=64, metadata={"help": "images per step"})
+    augment: str = _cli.augment_field("none")
     out: str | None = field(default=None, metadata={"help": "run folder = checkpoint (default runs/pretrain-<time>)"})
     resume: bool = field(default=False, metadata={"help": "continue the interrupted run in --out"})
     overwrite: bool = field(default=False, metadata={"help": "replace the kcnn run in --out (never another "
@@ -46,6 +49,8 @@ def check(cfg: PretrainConfig) -> None:
     from kcnn import transfer
 
     transfer.preprocessing_mode(cfg.backbone)  # an unknown name fails here, with the closest names
+    _toolbox.check(cfg)
+    _toolbox.model_options(cfg, cfg.backbone)
 
 
 def load_data(cfg: PretrainConfig):
@@ -56,7 +61,8 @@ def load_data(cfg: PretrainConfig):
     from kcnn import data as kdata
     from kcnn import training
 
-    common = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed)
+    common = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
+                  augment=None if cfg.augment == "none" else cfg.augment, **_toolbox.data_options(cfg))
     option = training.size_option(cfg.data, cfg.examples)
     try:
         return kdata.load(cfg.data, **common, **option)
@@ -77,10 +83,11 @@ def run(cfg: PretrainConfig) -> int:
     check(cfg)
     from kcnn import training, transfer
 
-    schedule = training.pretrain_schedule(cfg.epochs, cfg.lr)
+    schedule = _toolbox.schedule_with(cfg, training.pretrain_schedule(cfg.epochs, cfg.lr))
 
     def build(splits):
-        bb = transfer.backbone(cfg.backbone, None, (cfg.image_size, cfg.image_size, 3))
+        bb = transfer.backbone(cfg.backbone, None, (cfg.image_size, cfg.image_size, 3),
+                               options=_toolbox.model_options(cfg, cfg.backbone))
         return transfer.classifier(bb, len(splits.class_names)), bb
 
     def before_report(run_dir, model, bb, splits):
@@ -89,8 +96,9 @@ def run(cfg: PretrainConfig) -> int:
                                  class_names=splits.class_names, preprocessing=bb.preprocessing)
 
     return _job.execute(_job.Job(
-        recipe="pretrain", cfg=cfg, config=_cli.run_config(cfg), schedule=schedule, augmented=False,
-        load_data=lambda: load_data(cfg), build=build, before_report=before_report,
+        recipe="pretrain", cfg=cfg, config=_cli.run_config(cfg), schedule=schedule,
+        augmented=_toolbox.randomized(cfg, cfg.augment), load_data=lambda: load_data(cfg), build=build,
+        before_report=before_report, best=_toolbox.best_epoch(cfg), tta=_toolbox.tta(cfg),
         extra=lambda run_dir, model, bb, splits, strategy: {"backbone": bb.name, "data": cfg.data},
         describe=lambda report, run_dir: (f"test accuracy {report['test_accuracy']:.3f}; checkpoint: "
                                           f"{run_dir.path} (use: python -m recipes.finetune --weights "
