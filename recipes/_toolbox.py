@@ -95,6 +95,11 @@ def check(cfg) -> None:
         raise _cli.UsageError(f"--augment-magnitude must be in [0, 10]; got {cfg.augment_magnitude}")
     if cfg.accumulate is not None and cfg.accumulate < 1:
         raise _cli.UsageError(f"--accumulate must be >= 1; got {cfg.accumulate}")
+    if (cfg.accumulate or 1) > 1 and getattr(cfg, "distribute", "none") != "none":
+        # Keras 3.15 updates accumulated gradients inside a conditional, where replicas cannot synchronize
+        raise _cli.UsageError(f"--accumulate {cfg.accumulate} does not work with --distribute {cfg.distribute} "
+                              "(Keras' gradient accumulation cannot synchronize replicas); raise --batch-size "
+                              "instead, the replicas already add their batches up")
     if cfg.patience is not None and cfg.patience < 1:
         raise _cli.UsageError(f"--patience must be >= 1; got {cfg.patience}")
 

@@ -323,3 +323,11 @@ def test_the_hypermodels_search_label_smoothing_mixup_and_augmentation_strength(
     hp2 = kt.HyperParameters()
     hp2.Fixed("label_smoothing", 0.1)
     assert [p.label_smoothing for p in finetune.schedule(hp2)] == [0.1, 0.1]
+
+
+def test_gradient_accumulation_with_several_replicas_is_refused_in_one_line(capsys):
+    from recipes import train
+
+    assert train.main(["--accumulate", "2", "--distribute", "mirrored", "--cpu-devices", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--accumulate 2 does not work with --distribute mirrored" in err
