@@ -347,8 +347,7 @@ class RunDir:
                 best.setdefault("file", old_best)
             self.state["best"] = jsonable(best)
         if phase is not None:
-            phases = [p for p in self.state.get("phases", []) if p.get("index") != phase.get("index")]
-            self.state["phases"] = sorted(phases + [jsonable(phase)], key=lambda p: p.get("index", 0))
+            self._merge_phase(phase)
         self.state["history"] = [r for r in self.state.get("history", []) if int(r["epoch"]) < epoch] + [row]
         self.state["epochs_done"] = epoch if epochs_done is None else int(epochs_done)
         self.state["checkpoint"] = name
@@ -389,9 +388,12 @@ class RunDir:
 
     def record_phase(self, info: dict) -> None:
         """Record (or update) a phase's summary: index, name, blocks, epochs, seconds summed over resumes."""
+        self._merge_phase(info)
+        self._save_state()
+
+    def _merge_phase(self, info: dict) -> None:
         phases = [p for p in self.state.get("phases", []) if p.get("index") != info.get("index")]
         self.state["phases"] = sorted(phases + [jsonable(info)], key=lambda p: p.get("index", 0))
-        self._save_state()
 
     def phase_seconds(self, index: int) -> float:
         """Seconds a phase already ran in earlier (interrupted) parts of this run."""

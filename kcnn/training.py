@@ -42,10 +42,10 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
 
 # --- evaluation and the report --------------------------------------------------------------------------------------
 
-def predict_probs(model, images, tta: str = "none"):
+def predict_probs(model, images, tta: str = "none", plain=None):
     """Class probabilities of a batch; ``tta="flip"`` averages them with those of the mirrored images
-    (test-time augmentation)."""
-    probs = np.asarray(model(images, training=False), np.float64)
+    (test-time augmentation). ``plain``: the batch's probabilities without TTA, when already computed."""
+    probs = np.asarray(model(images, training=False), np.float64) if plain is None else plain
     if tta == "flip":
         probs = (probs + np.asarray(model(np.asarray(images)[:, :, ::-1], training=False), np.float64)) / 2
     return probs
@@ -62,8 +62,8 @@ def evaluate(model, dataset, class_names, *, tta: str = "none") -> dict:
     y_true, probs, flipped = [], [], []
     for x, y in dataset:
         probs.append(predict_probs(model, x))
-        if tta != "none":
-            flipped.append(predict_probs(model, x, tta))
+        if tta != "none":  # the plain pass is shared, only the mirrored images run again
+            flipped.append(predict_probs(model, x, tta, plain=probs[-1]))
         y_true.append(np.asarray(y))
     y_true = np.concatenate(y_true).astype(int).reshape(-1)
     labels = list(range(len(class_names)))
@@ -260,7 +260,7 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
     ends = dict(enumerate((end for _, end in schedule.boundaries()), start=1))
     history = transfer.ScheduleHistory()
     earlier = {}  # phase number -> seconds it ran before this process (an interrupted run)
-    started = time.perf_counter()
+    started, announced = time.perf_counter(), []
 
     def on_epoch_end(row, model_, optimizer, phase_number):
         record = {"epoch": row["epoch"], "phase": row["phase_name"], "lr": row.get("lr"),
@@ -290,8 +290,8 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
         run.checkpoint(record, transfer.training_state(model_, optimizer, phase=phase_number, epoch=row["epoch"]),
                        phase=phase_info, best=kept, best_arrays=kept_arrays,
                        epochs_done=ends[phase_number] if stop else None)
-        if verbose and distribute.is_chief(strategy) and "eta" not in earlier:
-            earlier["eta"] = True
+        if verbose and distribute.is_chief(strategy) and not announced:
+            announced.append(True)
             print(eta_line(time.perf_counter() - started, int(row["epoch"]) - initial,
                            schedule.total_epochs - int(row["epoch"])), flush=True)
         if stop and verbose and distribute.is_chief(strategy):

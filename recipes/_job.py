@@ -137,9 +137,9 @@ def _execute(job: Job, opened: list) -> int:
     extra = {"checks": found, "distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync,
              "skipped_files": [{"path": str(path), "reason": reason} for path, reason in splits.skipped],
              "kept_epoch": training.best_summary(run, job.best, splits.num_examples.get("val"))}
-    if hasattr(cfg, "label_smoothing"):
-        from recipes import _toolbox
+    from recipes import _toolbox
 
+    if isinstance(cfg, _toolbox.Toolbox):
         extra["toolbox"] = _toolbox.settings(cfg)
     if job.extra is not None:
         extra.update(job.extra(run, model, bb, splits, strategy))

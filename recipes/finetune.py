@@ -202,7 +202,7 @@ def run(cfg: FinetuneConfig) -> int:
             name = None
             used["weights"] = str(source)
         bb = transfer.backbone(name, source, (cfg.image_size, cfg.image_size, 3),
-                               **({"options": _toolbox.model_options(cfg, cfg.backbone)} if cfg.drop_path else {}))
+                               options=_toolbox.model_options(cfg, cfg.backbone))
         model = transfer.classifier(bb, len(splits.class_names), head=cfg.head, dropout=cfg.dropout,
                                     hidden=hidden)
         return model, bb
