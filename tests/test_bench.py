@@ -405,7 +405,7 @@ def test_torch_worker_head_only_trains_only_the_last_layer(capsys):
 
 
 def test_keras_applications_backbones_get_the_fused_layer_with_the_same_weights_and_outputs():
-    """backbone("ResNet50") swaps keras.applications' own batch norm for the fused layer (README, Performance)."""
+    """backbone("ResNet50") swaps keras.applications' own batch norm for the fused layer (docs/performance.md)."""
     from kcnn.transfer import backbone
 
     keras.utils.set_random_seed(8)
