@@ -42,8 +42,9 @@ class FinetuneConfig(_toolbox.Toolbox):
     pretrain_epochs: int = field(default=3, metadata={"help": "epochs for --weights glyphs"})
     # how to fine-tune -----------------------------------------------------------------------------------------
     schedule: str | None = field(default=None, metadata={
-        "help": "auto (the rule by training-set size, README), a preset (demo, lecture, two-phase, gradual) or a "
-                "TOML/JSON schedule file (default: demo for the digits demo, else auto)"})
+        "help": "a rule computed from the training set's size: auto (kcnn's, README), fastai (fine_tune), bit "
+                "(BiT-HyperRule), keras-guide; a preset (demo, lecture, two-phase, gradual) or a TOML/JSON "
+                "schedule file (default: demo for the digits demo, else auto)"})
     epochs: int | None = field(default=None, metadata={"help": "total epochs; rescales the schedule's phases"})
     lr: float | None = field(default=None, metadata={"help": "learning rate of the first phase; every phase's rate "
                                                      "is scaled by the same factor (e.g. what python -m "
@@ -154,15 +155,22 @@ def check(cfg: FinetuneConfig) -> None:
     _toolbox.model_options(cfg, cfg.backbone)
 
 
+def is_rule(schedule) -> bool:
+    """Whether --schedule names a rule of `kcnn.transfer.RULES` (computed from the training set's size)."""
+    from kcnn.transfer.rules import RULES
+
+    return isinstance(schedule, str) and schedule.lower().replace("_", "-") in RULES
+
+
 def schedule_of(cfg: FinetuneConfig, train_examples: int | None = None):
-    """The run's schedule: the demo's, the rule's for ``train_examples`` (`kcnn.transfer.auto_schedule`), a preset
+    """The run's schedule: the demo's, a rule's for ``train_examples`` (`kcnn.transfer.RULES`), a preset
     or a file, rescaled to --epochs and --lr."""
     from kcnn import transfer
 
     if cfg.schedule == "demo":
         schedule = transfer.Schedule([transfer.Phase(**p) for p in DEMO_SCHEDULE])
-    elif cfg.schedule == "auto":
-        schedule = transfer.auto_schedule(train_examples or 1, cfg.batch_size)
+    elif is_rule(cfg.schedule):
+        schedule = transfer.rule_schedule(cfg.schedule, train_examples or 1, cfg.batch_size)
     else:
         schedule = transfer.load_schedule(cfg.schedule)
     if cfg.lr is not None:
@@ -176,7 +184,7 @@ def run(cfg: FinetuneConfig) -> int:
     check(cfg)
     cfg = resolved(cfg)
     # auto: the schedule follows the training set's size, known once the data are loaded
-    schedule = (lambda splits: schedule_of(cfg, splits.num_examples["train"])) if cfg.schedule == "auto" \
+    schedule = (lambda splits: schedule_of(cfg, splits.num_examples["train"])) if is_rule(cfg.schedule) \
         else schedule_of(cfg)
     ran = {}
     per_class = (DEMO_PER_CLASS if cfg.data == "digits" else 0) if cfg.per_class == -1 else cfg.per_class
@@ -248,7 +256,7 @@ def _scratch(cfg, run_dir, bb, schedule, splits, hidden) -> dict:
     fresh = transfer.backbone(bb.name, None, bb.input_shape, preprocessing=bb.preprocessing)
     model = transfer.classifier(fresh, len(splits.class_names), head=cfg.head, dropout=cfg.dropout, hidden=hidden)
     # the rule's runs get a scratch run with the rule's decay (cosine, a short warm-up); the others a constant rate
-    shape = dict(schedule="cosine", warmup=0.05) if cfg.schedule == "auto" else {}
+    shape = dict(schedule="cosine", warmup=0.05) if is_rule(cfg.schedule) else {}
     plan = _toolbox.schedule_with(cfg, transfer.Schedule([transfer.Phase(
         epochs=schedule.total_epochs, train="all", lr=schedule[0].lr, bn="train", name="scratch", **shape)]))
     if cfg.verbose:

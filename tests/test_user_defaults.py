@@ -1,5 +1,6 @@
 """Defaults that fit a user's data: the schedule rule, --backbone / --image-size / --compare-scratch / --schedule
 resolved from the other flags, and class subsets of the Keras datasets."""
+import dataclasses
 import gzip
 import json
 
@@ -72,3 +73,36 @@ def test_a_class_subset_keeps_those_classes_relabelled(tmp_path, monkeypatch):
         kdata.load("fashion_mnist[x]", image_size=28)
     with pytest.raises(ValueError, match="classes 0..9"):
         kdata.load("fashion_mnist[8-12]", image_size=28)
+
+
+def test_the_anchor_rules_as_kcnn_schedules():
+    from kcnn import transfer
+
+    def shape(schedule):
+        return [(p.epochs, p.train, p.lr, p.optimizer, p.bn) for p in schedule]
+
+    # fastai fine_tune: 1 frozen epoch, then everything at half the rate, blocks a tenth each, as long as auto
+    frozen, unfrozen = transfer.rule_schedule("fastai", 50, 32)
+    assert (frozen.epochs, frozen.train, frozen.lr, frozen.schedule, frozen.warmup) == (1, "head", 2e-3, "onecycle", 0.99)
+    assert (unfrozen.epochs, unfrozen.lr, unfrozen.lr_mult, unfrozen.warmup) == (99, 1e-3, 0.1, 0.3)
+    assert frozen.optimizer == unfrozen.optimizer == "adamw" and frozen.weight_decay == 0.01
+    # BiT-HyperRule below 20k images: warm-up 100 steps, tenfold drops at 200/300/400, end at 500 (2 steps an epoch)
+    bit = transfer.rule_schedule("bit", 50, 32)
+    assert shape(bit) == [(100, "all", 3e-3, "sgd", "train"), (50, "all", 3e-4, "sgd", "train"),
+                          (50, "all", 3e-5, "sgd", "train"), (50, "all", 3e-6, "sgd", "train")]
+    assert bit[0].warmup == 50 and bit.total_epochs == 250
+    assert [p.epochs for p in transfer.rule_schedule("bit", 500, 32)] == [12, 7, 6, 6]     # 16 steps an epoch
+    assert transfer.rule_schedule("bit", 100_000, 100).total_epochs == 10_000 // 1000
+    # the Keras guide: head two thirds at 1e-3, then everything at 1e-5 with BN frozen
+    assert shape(transfer.rule_schedule("keras_guide", 500, 32)) == [(21, "head", 1e-3, "adam", "frozen"),
+                                                                     (11, "all", 1e-5, "adam", "frozen")]
+    assert shape(transfer.rule_schedule("AUTO", 500, 32)) == shape(transfer.auto_schedule(500, 32))
+    with pytest.raises(ValueError, match="Unknown schedule rule 'bitt'; rules: auto, fastai, bit, keras-guide"):
+        transfer.rule_schedule("bitt", 50, 32)
+
+
+def test_finetune_takes_a_rule_by_name(tmp_path):
+    cfg = _cfg(data=str(tmp_path), backbone="resnet20", weights="none", schedule="bit")
+    assert finetune.is_rule(cfg.schedule) and not finetune.is_rule("two-phase")
+    assert [p.name for p in finetune.schedule_of(cfg, 50)] == ["bit1", "bit2", "bit3", "bit4"]
+    assert finetune.schedule_of(dataclasses.replace(cfg, epochs=25), 50).total_epochs == 25

@@ -82,9 +82,9 @@ from kcnn.transfer.preprocessing import (
     CAFFE_MEAN_BGR, PREPROCESSING, TORCH_MEAN, TORCH_STD, preprocess_layer, preprocessing_mode,
 )
 from kcnn.transfer.schedule import (
-    BN_MODES, LR_SCHEDULES, OPTIMIZERS, PHASE_FIELDS, PRESETS, Phase, Schedule, auto_schedule, load_schedule,
-    resolve_train,
+    BN_MODES, LR_SCHEDULES, OPTIMIZERS, PHASE_FIELDS, PRESETS, Phase, Schedule, load_schedule, resolve_train,
 )
+from kcnn.transfer.rules import RULES, auto_schedule, rule_schedule
 from kcnn.transfer.blocks import block_layers, lr_multipliers, set_trainable, split_model
 from kcnn.transfer.checkpoint import (
     CHECKPOINT_FORMAT, CHECKPOINT_META, CHECKPOINT_MODEL, CHECKPOINT_VERSION, load_checkpoint,
@@ -108,7 +108,8 @@ from kcnn.transfer.fit import LOSS, METRICS, fit_schedule
 __all__ = [
     "Backbone", "backbone", "classifier", "preprocess_layer", "preprocessing_mode", "PREPROCESSING",
     "block_layers", "set_trainable", "resolve_train", "lr_multipliers", "Phase", "Schedule", "PRESETS",
-    "load_schedule", "auto_schedule", "fit_schedule", "ScheduleHistory", "make_optimizer", "PhaseLearningRate",
+    "load_schedule", "auto_schedule", "RULES", "rule_schedule", "fit_schedule", "ScheduleHistory",
+    "make_optimizer", "PhaseLearningRate",
     "LayerwiseAdam", "LayerwiseAdamW", "LayerwiseSGD", "LayerwiseRMSprop", "save_checkpoint",
     "load_checkpoint", "WeightsError", "CHECKPOINT_FORMAT",
     # the phase plan and the training state both engines share (kcnn.distribute runs the custom loop)

@@ -268,39 +268,6 @@ PRESETS = {
 }
 _SCHEDULE_KEYS = ("phase", "name", "description")
 
-#: The rule behind ``auto_schedule`` (BiT's HyperRule in spirit: the length follows the training set's size):
-#: (largest training set, optimizer steps in all). Epochs are then bounded by `AUTO_EPOCHS`.
-AUTO_STEPS = ((20_000, 500), (500_000, 5_000), (float("inf"), 10_000))
-#: The fewest and most epochs ``auto_schedule`` gives (a tiny set reaches its steps in hundreds of epochs).
-AUTO_EPOCHS = (4, 100)
-
-
-def auto_schedule(train_examples: int, batch_size: int) -> "Schedule":
-    """The fine-tuning schedule kcnn uses for a user's data: its length from the training set's size.
-
-    ``AUTO_STEPS`` gives the optimizer steps for ``train_examples`` (500 below 20,000 images, 5,000 below
-    500,000, else 10,000), turned into epochs of ``ceil(train_examples / batch_size)`` steps and bounded by
-    ``AUTO_EPOCHS``. Then two phases: the head alone for a fifth of the epochs (Adam 3e-3, the backbone frozen
-    with its batch-norm statistics, on cached features when the data are not augmented), then every layer for the
-    rest (Adam 1e-3, a tenth of the phase warming up, cosine decay to 0) with batch norm *training*, so it adapts to
-    the target's statistics.
-
-    Example:
-        >>> [p.epochs for p in auto_schedule(500, 32)]
-        [6, 26]
-    """
-    steps_per_epoch = max(1, math.ceil(int(train_examples) / int(batch_size)))
-    steps = next(count for limit, count in AUTO_STEPS if train_examples < limit)
-    low, high = AUTO_EPOCHS
-    epochs = min(high, max(low, math.ceil(steps / steps_per_epoch)))
-    head = max(1, round(epochs / 5))
-    return Schedule([
-        Phase(epochs=head, train="head", lr=3e-3, name="head"),
-        Phase(epochs=epochs - head, train="all", lr=1e-3, bn="train", schedule="cosine", warmup=0.1,
-              name="fine-tune"),
-    ])
-
-
 def load_schedule(preset_or_path) -> Schedule:
     """A schedule from a preset name, a TOML/JSON file, or a list of phases/dicts.
 
