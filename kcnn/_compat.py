@@ -8,6 +8,7 @@ internal fails loudly (``tests/test_compat.py`` calls every one) instead of sile
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 
@@ -54,6 +55,45 @@ def keras_trainer_class():
     return trainer
 
 
+@contextlib.contextmanager
+def keras_auto_jit(value: bool):
+    """Within the block, Keras' ``compile(jit_compile="auto")`` resolves to ``value`` (the bench's XLA switch):
+    the Trainer's private ``_resolve_auto_jit_compile`` is replaced and put back."""
+    trainer = keras_trainer_class()
+    original = trainer.__dict__["_resolve_auto_jit_compile"]
+    trainer._resolve_auto_jit_compile = lambda self: value
+    try:
+        yield
+    finally:
+        trainer._resolve_auto_jit_compile = original
+
+
+def keras_nodes_by_depth(model) -> dict:
+    """A functional model's graph as ``{depth: [node, ...]}`` (Keras' private ``_nodes_by_depth``)."""
+    return _attr(model, "_nodes_by_depth", "keras")
+
+
+def keras_is_functional(model) -> bool:
+    """Whether ``model`` exposes a functional graph kcnn can walk (`keras_nodes_by_depth`)."""
+    return hasattr(model, "_nodes_by_depth")
+
+
+def keras_sequential_graph(model):
+    """The functional graph a built Sequential keeps (Keras' private ``_functional``), or None before it is built."""
+    return getattr(model, "_functional", None)
+
+
+def keras_history(tensor):
+    """The (operation, node index, tensor index) record of a symbolic Keras tensor (private ``_keras_history``),
+    or None for a tensor that no layer made."""
+    return getattr(tensor, "_keras_history", None)
+
+
+def keras_variable_key(optimizer, variable):
+    """The key a Keras optimizer indexes a variable's slots by (its private ``_var_key``)."""
+    return _attr(optimizer, "_var_key", "keras")(variable)
+
+
 # --- tensorflow -------------------------------------------------------------------------------------------------
 
 def tf_gradient_registry() -> dict | None:
@@ -67,6 +107,16 @@ def tf_context_initialized() -> bool:
     """Whether TensorFlow's eager context has started (after which devices cannot be reconfigured)."""
     context = _module("tensorflow.python.eager.context", "tensorflow")
     return _attr(context.context(), "_context_handle", "tensorflow") is not None
+
+
+def tf_op_determinism():
+    """TensorFlow's op-determinism switch: ``enable_op_determinism`` is public, but reading it
+    (``is_op_determinism_enabled``) and turning it off (``disable_op_determinism``) live only in the module that
+    defines them (TensorFlow 2.21 exports neither)."""
+    config = _module("tensorflow.python.framework.config", "tensorflow")
+    for name in ("enable_op_determinism", "disable_op_determinism", "is_op_determinism_enabled"):
+        _attr(config, name, "tensorflow")
+    return config
 
 
 def tf_onednn_enabled() -> bool:

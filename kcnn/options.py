@@ -14,3 +14,17 @@ BN_MODES = ("frozen", "train")
 MONITORS = ("val_accuracy", "val_loss")
 #: Test-time augmentation (`kcnn.training.evaluate`).
 TTA_MODES = ("none", "flip")
+#: Classifier heads (`kcnn.layers.classifier_head`, the recipes' ``--head``).
+HEADS = ("gap", "dense", "conv")
+#: Normalization of the builders (`kcnn.layers.conv_block`'s ``norm``; the recipes' ``--norm`` spells None "none").
+NORMS = (None, "batch")
+#: Class weights of the training split (`kcnn.data.load`'s ``class_weight``; the recipes' ``--class-weight``).
+CLASS_WEIGHTS = ("none", "balanced")
+#: Training precisions (the recipes' ``--precision``; "auto" resolves through `kcnn.perf.auto_precision`).
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+#: Every Keras mixed-precision policy kcnn sets (the bench's ``--precision`` also takes mixed_float16, for GPUs).
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+#: Where a recipe trains (`kcnn.distribute.make_strategy`).
+DISTRIBUTE_KINDS = ("none", "mirrored", "multiworker")
+#: Schedule rules computed from the training set's size (`kcnn.transfer.RULES`, ``recipes.finetune --schedule``).
+SCHEDULE_RULES = ("auto", "fastai", "bit", "keras-guide")

@@ -37,6 +37,15 @@ PyTorch 2.13 eager, channels-last, float32             547        0.83          
 ``import kcnn.perf`` imports neither TensorFlow nor Keras: the functions import them when called, and the
 fused batch-norm class is made on first use (at import when Keras is already loaded).
 
+Process-wide settings: kcnn's training functions change none (`kcnn.training.fit_run` and
+`kcnn.transfer.fit_schedule` leave op determinism, Keras' dtype policy and TensorFlow's thread pools as they
+found them; ``tests/test_process_state.py``). Only the setters named for it do: `apply_settings` (the dtype
+policy; ``with`` its result to put the previous one back), `kcnn.training.set_seed` (op determinism, likewise),
+`set_threads` (for good: TensorFlow cannot change its pools once started) and `enable_onednn` (an environment
+variable, before TensorFlow loads). The recipes call ``set_seed``, ``set_threads`` and ``enable_onednn``
+plainly, because each recipe is a process of its own, and run under their ``--precision`` with the caller's
+dtype policy put back afterwards.
+
 On an NVIDIA GPU `auto_settings` returns the usual defaults there (``mixed_float16`` on tensor-core GPUs,
 XLA on: what Keras' ``jit_compile="auto"`` already picks on a GPU), which have **not been measured** with
 kcnn; override them where they do not win.
@@ -51,7 +60,7 @@ import time
 DEFAULT_STEPS_PER_EXECUTION = 16
 #: The keys `auto_settings` returns and accepts as overrides.
 SETTINGS = ("device", "steps_per_execution", "jit_compile", "mixed_precision", "measured")
-MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+from kcnn.options import POLICIES as MIXED_PRECISION_POLICIES  # noqa: E402  (its home is kcnn.options)
 DEVICES = ("cpu", "gpu")
 
 # ------------------------------------------------------------------------------------------------------------
@@ -93,7 +102,7 @@ def cpu_flags() -> frozenset:
 
 
 #: The training precisions of the recipes' ``--precision``; "auto" resolves through `auto_precision`.
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+from kcnn.options import PRECISIONS  # noqa: E402  (its home is kcnn.options)
 PRECISION_VARIABLE = "KCNN_PRECISION"
 
 
@@ -194,22 +203,67 @@ def auto_settings(device: str | None = None, **overrides) -> dict:
     return settings
 
 
-def apply_settings(settings: dict) -> dict:
+class CompileSettings(dict):
+    """The ``model.compile`` kwargs `apply_settings` returns; ``with`` it to put the dtype policy back after.
+
+    A plain dict of ``steps_per_execution`` and ``jit_compile`` (``model.compile(**kwargs)``) that also ends
+    the policy `apply_settings` set: at the end of a ``with`` block, or on `restore`, Keras' global dtype
+    policy is again the one it was before the call. Restoring twice is harmless.
+    """
+
+    def __init__(self, kwargs: dict, policy_before):
+        super().__init__(kwargs)
+        self._before = policy_before
+
+    def restore(self) -> None:
+        if self._before is None:
+            return
+        import keras
+
+        keras.mixed_precision.set_global_policy(self._before)
+        self._before = None
+
+    def __enter__(self) -> "CompileSettings":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.restore()
+        return False
+
+
+def apply_settings(settings: dict) -> CompileSettings:
     """Set the global Keras dtype policy from ``settings["mixed_precision"]``; returns the compile kwargs.
 
-    Call it before building the model (the policy applies to layers created afterwards).
+    Call it before building the model (the policy applies to layers created afterwards). Keras has one dtype
+    policy for the whole process: called plainly, ``apply_settings`` changes it for the rest of the process. To
+    change it for one block only, ``with`` the result; the previous policy is back when the block ends::
+
+        with kcnn.perf.apply_settings(kcnn.perf.auto_settings()) as compile_kwargs:
+            model = kcnn.build("resnet20", classes=10)
+            model.compile(..., **compile_kwargs)
+
+    Nothing else in kcnn sets the policy: the recipes run under their ``--precision`` and put the caller's
+    policy back (``recipes._cli.keras_policy``); ``import kcnn`` leaves it alone.
 
     Returns:
-        ``dict(steps_per_execution=..., jit_compile=...)`` for ``model.compile``.
+        `CompileSettings`: ``dict(steps_per_execution=..., jit_compile=...)`` for ``model.compile``, which
+        also puts the previous policy back (``with`` or ``restore()``).
     """
     import keras
 
+    before = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(settings["mixed_precision"])
-    return dict(steps_per_execution=settings["steps_per_execution"], jit_compile=settings["jit_compile"])
+    return CompileSettings(dict(steps_per_execution=settings["steps_per_execution"],
+                                jit_compile=settings["jit_compile"]), before)
 
 
 def set_threads(intra_op: int = 0, inter_op: int = 0) -> None:
-    """TensorFlow's thread pools (0: TensorFlow's default, one thread per core). Call before any op runs."""
+    """TensorFlow's thread pools (0: TensorFlow's default, one thread per core). Call before any op runs.
+
+    Process-wide and for good: TensorFlow sizes its pools once, when its runtime starts, and refuses a change
+    afterwards, so this cannot be scoped or undone. Only ``recipes.bench`` (a process of its own, ``--intra-op``
+    / ``--inter-op``) calls it; no other kcnn function touches the thread settings.
+    """
     import tensorflow as tf
 
     if intra_op:
@@ -501,20 +555,20 @@ def save_portable(model, path) -> None:
     """
     from pathlib import Path
 
+    from kcnn import files
+
     path = Path(path)
-    raw = path.with_name(f".{path.name}.{os.getpid()}.raw.keras")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    raw, tmp = files.temp_sibling(path, "raw.keras"), files.temp_sibling(path)
     try:
         model.save(raw)
         _rewrite_keras_file(raw, tmp, lambda config: _drop_mixed_dtypes(
             _swap_batch_norm(config, _FUSED_CONFIG, _STOCK_CONFIG)))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        files.replace(tmp, path)
     finally:
         for leftover in (raw, tmp):
-            if leftover.exists():
-                leftover.unlink()
+            files.discard(leftover)
 
 
 def load_model(path):
@@ -548,7 +602,8 @@ if "keras" in sys.modules:  # Keras is loaded already (kcnn.layers imports it fi
 
 
 __all__ = [
-    "auto_settings", "apply_settings", "detect_device", "set_threads", "enable_onednn", "onednn_enabled",
+    "auto_settings", "apply_settings", "CompileSettings", "detect_device", "set_threads", "enable_onednn",
+    "onednn_enabled",
     "matmul_peak_gflops", "save_portable", "load_model", "fuse_batch_norm", "cpu_flags", "auto_precision",
     "resolve_precision", "PRECISIONS",
     "BatchNormalization", "FusedBatchNormalization", "use_fused_batch_norm", "batch_norm_class",

@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import io
 import json
 import math
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from kcnn.files import (TEMP_FILE, TEMP_MARKER, FilesError, atomic_write_bytes, atomic_write_text,  # noqa: F401
+                        clear_owned, discard, disk_error, foreign_entries, remove_owned)
 
 MARKER = "kcnn-run.json"
 MARKER_FORMAT = "kcnn-run"
@@ -40,11 +40,18 @@ FINAL_FILES = ("model.keras", "report.json")
 RECIPES = ("finetune", "train", "pretrain", "tune", "lr_find")
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-\d{4,}\.npz$")
 _BEST_NAME = re.compile(r"^best-\d{4,}\.npz$")
-#: Temporary files kcnn's atomic writes leave when killed mid-write: ``.NAME.PID.tmp`` / ``.NAME.PID.raw.keras``.
-_PARTIAL_NAME = re.compile(r"^\..+\.\d+\.(tmp|raw\.keras)$")
+#: What kcnn writes in a run folder of train / finetune / pretrain (glob patterns): ``--overwrite`` deletes these and
+#: refuses when the folder holds anything else. ``export``/``export.json``: recipes.export's default output.
+RUN_FILES = (MARKER, "config.toml", "state.json", "history.csv", "checkpoint-*.npz", "best-*.npz", "model.keras",
+             "labels.json", "report.json", "kcnn.json", "curves.png", "confusion.png", "gradcam.png",
+             "top_losses.png", "augment.png", "logs", "error.log", "export", "export.json")
+#: What ``recipes.tune`` writes in its folder (keras-tuner's project folder is ``search``).
+TUNE_FILES = RUN_FILES + ("search.json", "search", "trials.csv", "trials.png", "best_hyperparameters.json")
+#: What ``recipes.lr_find`` writes in its folder.
+LR_FIND_FILES = (MARKER, "lr_find.png", "lr_find.json", "error.log")
 
 
-class RunError(ValueError):
+class RunError(FilesError):
     """A run folder that cannot be used as asked (finished run without --overwrite, resume mismatch, ...)."""
 
 
@@ -66,38 +73,6 @@ def new_file(path) -> Path:
 
 
 # --- writing files safely -----------------------------------------------------------------------------------------
-
-def _disk_error(path, err: OSError) -> RunError:
-    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-              errno.EDQUOT: "the disk quota is exceeded"}.get(err.errno, err.strerror or str(err))
-    return RunError(f"cannot write {path}: {reason}; free space or choose a writable --out")
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder: flushed, synced, renamed.
-
-    On any error the temporary file is removed and ``path`` is left as it was; OS errors become one-line
-    `RunError`s naming the path (disk full, read-only, permission denied).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise _disk_error(path, err) from None
-
-
-def atomic_write_text(path, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
 
 def jsonable(value):
     """``value`` as plain JSON types (paths and other objects become strings)."""
@@ -185,9 +160,10 @@ def check_out(path, *, recipe: str, overwrite: bool = False, resume: bool = Fals
     if p.exists() and not p.is_dir():
         raise RunError(f"--out {p} is a file, not a folder; choose another --out")
     try:
-        empty = not p.exists() or not any(p.iterdir())
+        # a temporary folder kcnn made for a worker (kcnn.files.make_temp_dir) holds only its marker: empty
+        empty = not p.exists() or not any(c.name != TEMP_MARKER for c in p.iterdir())
     except OSError as err:
-        raise _disk_error(p, err) from None
+        raise disk_error(p, err) from None
     if empty:
         if resume:
             raise RunError(f"--resume: {p} holds no run to resume; run without --resume to start one")
@@ -208,7 +184,17 @@ def check_out(path, *, recipe: str, overwrite: bool = False, resume: bool = Fals
     if not overwrite:
         what = "a finished run" if finished else "an unfinished run (use --resume to continue it)"
         raise RunError(f"{p} already holds {what}; pass --overwrite to replace it, or choose another --out")
+    others = foreign_entries(p, owned_files(marker.get("recipe")))
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise RunError(f"--overwrite {p}: it also holds files kcnn did not write ({shown}); kcnn deletes only its "
+                       "own: move them out, or choose another --out")
     return "overwrite"
+
+
+def owned_files(recipe) -> tuple:
+    """The glob patterns of what ``recipe`` writes in its folder (`RUN_FILES`, `TUNE_FILES`, `LR_FIND_FILES`)."""
+    return {"tune": TUNE_FILES, "lr_find": LR_FIND_FILES}.get(recipe, RUN_FILES)
 
 
 # --- the run folder ------------------------------------------------------------------------------------------------
@@ -263,18 +249,17 @@ class RunDir:
         action = self.check()
         if action == "resume":
             for leftover in self.path.iterdir():  # temporary files of a write that was interrupted
-                if _PARTIAL_NAME.match(leftover.name):
+                if TEMP_FILE.match(leftover.name):
                     with contextlib.suppress(OSError):
-                        leftover.unlink()
+                        discard(leftover)
             return self
         p = self.path
         try:
-            if action == "overwrite":
-                for child in p.iterdir():  # a kcnn run folder: its contents are kcnn's
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if action == "overwrite":  # a kcnn run folder: only the files kcnn writes, or a refusal naming others
+                clear_owned(p, owned_files((read_marker(p) or {}).get("recipe")))
             p.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise _disk_error(p, err) from None
+            raise disk_error(p, err) from None
         atomic_write_text(p / MARKER, json.dumps({"format": MARKER_FORMAT, "recipe": self.recipe,
                                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
         self.state = {"config": jsonable(self.config), "epochs_done": 0, "history": [], "checkpoint": None,
@@ -293,6 +278,22 @@ class RunDir:
                            "use --overwrite to start it again") from None
         if not isinstance(state, dict) or not isinstance(state.get("history", []), list):
             raise RunError(f"{state_file} is not a kcnn run state; use --overwrite to start the run again")
+
+        def count(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        # every part a resume reads, checked here: a malformed one is a one-line refusal, not a crash later
+        for key, ok, what in (
+                ("config", lambda v: isinstance(v, dict), "an object of settings"),
+                ("history", lambda v: all(isinstance(r, dict) and count(r.get("epoch")) for r in v),
+                 "a list of rows with an integer epoch"),
+                ("phases", lambda v: isinstance(v, list) and all(isinstance(p, dict) for p in v),
+                 "a list of phase records"),
+                ("best", lambda v: v is None or (isinstance(v, dict) and count(v.get("epoch"))),
+                 "null or an object with an integer epoch")):
+            if key in state and not ok(state[key]):
+                raise RunError(f"{state_file}: {key} is not {what}; it is not a kcnn run state: use --overwrite "
+                               "to start the run again")
         name = state.get("checkpoint")
         if name is not None:
             if not isinstance(name, str) or not _CHECKPOINT_NAME.match(name) or Path(name).name != name:
@@ -356,7 +357,7 @@ class RunDir:
         new_best = (self.state.get("best") or {}).get("file")
         for stale in {old, old_best} - {name, new_best, None}:
             with contextlib.suppress(OSError):
-                (self.path / stale).unlink()
+                remove_owned(self.path, stale, RUN_FILES)
 
     def _write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()
@@ -408,5 +409,5 @@ class RunDir:
         """Remove the resume state once the final files are written."""
         for pattern in ("checkpoint-*.npz", "best-*.npz"):
             for f in self.path.glob(pattern):
-                f.unlink()
-        (self.path / "state.json").unlink(missing_ok=True)
+                remove_owned(self.path, f.name, RUN_FILES)
+        remove_owned(self.path, "state.json", RUN_FILES)

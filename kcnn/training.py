@@ -4,6 +4,10 @@ The run folder itself (marker, state, checkpoints, atomic writes) is `kcnn.runs`
 `kcnn.transfer.fit_schedule` (Keras fit: one device or MirroredStrategy) and `kcnn.distribute.fit_distributed`
 (a custom loop under MultiWorkerMirroredStrategy). `fit_run` joins them: both run the same phase plan and call
 the same per-epoch hook, which writes one history row and one checkpoint.
+
+The fits change no process-wide setting (op determinism, Keras' dtype policy, TensorFlow's thread pools):
+`set_seed` is the one function here that does, for the rest of the process when called plainly (the recipes,
+processes of their own) or for a ``with`` block (your code).
 """
 from __future__ import annotations
 
@@ -11,10 +15,8 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,22 +24,68 @@ import keras
 import numpy as np
 
 import kcnn
-from kcnn import options, perf, plots
+from kcnn import files, options, perf, plots
 from kcnn.runs import (FINAL_FILES, RunDir, RunError, atomic_write_text, default_out, dumps_toml,  # noqa: F401
                        jsonable, write_history_csv)
 
 
-def set_seed(seed: int, deterministic: bool = True) -> None:
+def _determinism():
+    """TensorFlow's op-determinism switch (`kcnn._compat.tf_op_determinism`)."""
+    from kcnn import _compat
+
+    return _compat.tf_op_determinism()
+
+
+class Seeded:
+    """What `set_seed` changed beyond the seeds, and how to put it back: TensorFlow's op determinism.
+
+    ``with`` it (or call `restore`) to have the determinism flag the process had before `set_seed`; the seeds
+    stay as set (seeding is what the caller asked for). Restoring twice is harmless.
+    """
+
+    def __init__(self, determinism_before: bool | None):
+        self._before = determinism_before  # None: set_seed did not touch the flag
+
+    def restore(self) -> None:
+        if self._before is None:
+            return
+        switch = _determinism()
+        (switch.enable_op_determinism if self._before else switch.disable_op_determinism)()
+        self._before = None
+
+    def __enter__(self) -> "Seeded":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.restore()
+        return False
+
+
+def set_seed(seed: int, deterministic: bool = True) -> Seeded:
     """Seed Python, NumPy and TensorFlow; optionally make TensorFlow ops deterministic.
 
     Determinism makes two runs on the same machine give the same numbers (and a resumed run end where an
     uninterrupted one ends); it costs some speed because TensorFlow must pick deterministic kernels.
+
+    Op determinism is one flag for the whole process. Called plainly, ``set_seed`` turns it on for the rest
+    of the process: that is what the recipes do (each is a process of its own; ``--seed`` makes the run
+    deterministic from start to end). In your own code, scope it to a block, and the flag is put back as it was
+    before the call when the block ends::
+
+        with kcnn.training.set_seed(0):
+            kcnn.training.fit_run(...)
+
+    No other function of kcnn changes it (nor the dtype policy or the thread pools: see `kcnn.perf`).
+
+    Returns:
+        `Seeded`, whose ``restore()`` (or the end of the ``with`` block) puts op determinism back.
     """
+    switch = _determinism()
+    before = switch.is_op_determinism_enabled() if deterministic else None
     keras.utils.set_random_seed(int(seed))
     if deterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+        switch.enable_op_determinism()
+    return Seeded(before)
 
 
 # --- evaluation and the report --------------------------------------------------------------------------------------
@@ -423,16 +471,15 @@ def pretrained_checkpoint(arch: str, *, source: str = "glyphs", examples: int = 
     transfer.fit_schedule(model, bb, pretrain_schedule(epochs, lr), splits, verbose=verbose,
                           augmented=False, feature_cache=False)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f"{directory.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = files.partial_dir(directory)
     try:
         transfer.save_checkpoint(tmp, model, arch=arch, input_shape=bb.input_shape,
                                  class_names=splits.class_names, preprocessing=bb.preprocessing)
-        os.rename(tmp, directory)  # atomic; fails if another process put its checkpoint there first
-    except OSError:
-        if not (directory / transfer.CHECKPOINT_META).is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # only this process's own temporary folder
+    except BaseException:
+        files.discard_partial_dir(tmp)  # only this process's own temporary folder
+        raise
+    if not files.publish_dir(tmp, directory) and not (directory / transfer.CHECKPOINT_META).is_file():
+        raise OSError(f"cannot publish the pretrained checkpoint at {directory}")
     if verbose:
         print(f"pretraining took {time.perf_counter() - started:.0f} s", flush=True)
     return directory

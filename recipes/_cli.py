@@ -1,7 +1,22 @@
-"""What every recipe shares: a config dataclass becomes the command line and a TOML config file; errors from the
-library become one line ``error: ...`` on stderr and exit code 2.
+"""What every recipe shares: a config dataclass becomes the command line and a TOML config file; a mistake in the
+user's input becomes one line ``error: ...`` on stderr and exit code 2, a bug of kcnn one line that says so (with
+the traceback in a file) and exit code 1.
 
 Precedence: the dataclass defaults < ``--config FILE.toml`` < command-line options.
+
+Input error or bug (`is_input_error`): an error about the user's input is
+
+* an `OSError` (a missing or unreadable file, permission denied, the disk full);
+* an exception class that kcnn defines for bad input (`UsageError`, `kcnn.weights.WeightsError`,
+  `kcnn.runs.RunError`, `kcnn.data.DataError`, ... : every `ValueError` subclass of a kcnn or recipes module);
+* a plain `ValueError` raised by a ``raise`` statement of kcnn's or the recipes' own code (their validation).
+
+Everything else is a bug: a `TypeError`, `AttributeError`, `KeyError`, `IndexError`, ... anywhere, and a
+`ValueError` raised inside TensorFlow, Keras, NumPy or the standard library (kcnn turns the ones it expects into
+its own errors, e.g. an unreadable weights file into a `WeightsError`). A bug prints one line naming the exception
+and the file that holds the traceback: ``error.log`` in the run folder when ``--out`` is a kcnn folder that already
+exists, else a new file in the system's temporary folder. With ``KCNN_DEBUG=1`` the traceback goes to stderr
+instead (for input errors too).
 """
 from __future__ import annotations
 
@@ -11,11 +26,23 @@ import dataclasses
 import os
 import platform
 import sys
+import tempfile
+import time
 import tomllib
+import traceback
 from pathlib import Path
 from typing import Callable
 
+from kcnn import options
+
 EXIT_USAGE = 2
+#: The exit code of an internal error (a bug of kcnn, not the user's input).
+EXIT_INTERNAL = 1
+#: The file in a run folder that receives the traceback of an internal error.
+ERROR_LOG = "error.log"
+#: The folders whose code raises kcnn's own input errors (the packages ``kcnn`` and ``recipes``).
+_OWN_CODE = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), name, "")
+                  for name in ("kcnn", "recipes"))
 
 
 class UsageError(ValueError):
@@ -31,7 +58,7 @@ def distribute_field() -> dataclasses.Field:
     """The ``--distribute`` option of the training recipes."""
     return dataclasses.field(default="none", metadata={
         "help": "none | mirrored (all local GPUs, or --cpu-devices) | multiworker (machines from TF_CONFIG)",
-        "choices": ["none", "mirrored", "multiworker"]})
+        "choices": list(options.DISTRIBUTE_KINDS)})
 
 
 def cpu_devices_field() -> dataclasses.Field:
@@ -60,7 +87,7 @@ def precision_field() -> dataclasses.Field:
     return dataclasses.field(default="auto", metadata={
         "help": "auto (mixed_bfloat16 on a CPU with AMX, else float32; $KCNN_PRECISION overrides auto) | "
                 "float32 | mixed_bfloat16 (bfloat16 compute, float32 weights)",
-        "choices": ["auto", "float32", "mixed_bfloat16"]})
+        "choices": list(options.PRECISIONS)})
 
 
 @contextlib.contextmanager
@@ -94,6 +121,17 @@ def check_weights(weights: str, special=("imagenet", "none")) -> None:
                          "of a weights file (.h5, .weights.h5) or a kcnn checkpoint folder")
     if not os.access(path, os.R_OK) or (path.is_dir() and not os.access(path, os.X_OK)):
         raise UsageError(f"--weights {weights}: permission denied; make it readable or copy it elsewhere")
+    # a kcnn checkpoint (a folder with kcnn.json, or its model.keras / kcnn.json): its kcnn.json is read before
+    # anything else uses it, so that a malformed one is one line, before any data are loaded
+    meta = "kcnn.json"
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir() and not (path / meta).is_file():
+        raise UsageError(f"--weights {weights}: a folder without {meta} is not a kcnn checkpoint; give a "
+                         "checkpoint folder (python -m recipes.pretrain writes one) or a weights file")
+    if (path.is_dir() or path.name in (meta, "model.keras")) and (folder / meta).is_file():
+        from kcnn.transfer.checkpoint import read_checkpoint_meta
+
+        read_checkpoint_meta(folder, check_format=False)  # WeightsError naming the file and the field
 
 
 def use_onednn() -> None:
@@ -148,13 +186,20 @@ def build_parser(config_cls, prog: str, description: str, positional: tuple = ()
         flag = "--" + f.name.replace("_", "-")
         if _field_kind(f)[0] == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text if f.default is None else f"{help_text} (default: {f.default})")
+                                help=help_text if f.default is None else with_default(help_text, f.default))
             continue
         caster = {"int": int, "float": float, "int|None": int, "float|None": float}.get(kind, str)
         default = f.default if f.default is not dataclasses.MISSING else None
         parser.add_argument(flag, type=caster, default=None, metavar=f.metadata.get("metavar", f.name.upper()),
-                            choices=f.metadata.get("choices"), help=f"{help_text} (default: {default})")
+                            choices=f.metadata.get("choices"), help=with_default(help_text, default))
     return parser
+
+
+def with_default(help_text: str, default) -> str:
+    """``help_text`` plus ``(default: VALUE)``, unless the text already says what its default is."""
+    if "default" in help_text.lower():
+        return help_text
+    return f"{help_text} (default: {default})"
 
 
 def _field_kind(field: dataclasses.Field) -> tuple[str, bool]:
@@ -214,19 +259,121 @@ def parse(config_cls, argv, prog: str, description: str, positional: tuple = ())
     return config_cls(**values)
 
 
+def is_input_error(err: BaseException) -> bool:
+    """Whether ``err`` is about the user's input (one line, exit 2) rather than a bug of kcnn (see the module's
+    docstring for the rule)."""
+    if isinstance(err, OSError):  # files, folders, permissions, disk full (and kcnn's DataNotFoundError)
+        return True
+    if not isinstance(err, ValueError):
+        return False
+    if type(err).__module__.split(".")[0] in ("kcnn", "recipes"):  # UsageError, WeightsError, RunError, ...
+        return True
+    return _raised_by_own_code(err)
+
+
+def _raised_by_own_code(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is a ``raise`` statement in kcnn's or the recipes' code
+    (their validation), not a library's check nor a builtin's failure (``int("x")``, an unpacking) in kcnn."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = os.path.realpath(tb.tb_frame.f_code.co_filename)
+    if not filename.startswith(_OWN_CODE):
+        return False
+    import linecache
+
+    line = linecache.getline(filename, tb.tb_lineno).strip()
+    return not line or line.startswith("raise")  # no source (only .pyc): trust kcnn's frame
+
+
+def _debug() -> bool:
+    return os.environ.get("KCNN_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _one_line(err: BaseException, limit: int = 500) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _error_log(config) -> Path | None:
+    """``error.log`` in the recipe's ``--out`` when that is a folder kcnn made (kcnn writes into no other
+    folder of the user's), else None."""
+    out = getattr(config, "out", None)
+    if not out:
+        return None
+    try:
+        folder = Path(out)
+        if not folder.is_dir():
+            return None
+        from kcnn import runs
+
+        if runs.holds_kcnn_run(folder) or (folder / "search.json").is_file():
+            return folder / ERROR_LOG
+    except Exception:  # the report of a bug must not fail on a second one
+        return None
+    return None
+
+
+def _write_traceback(err: BaseException, config, prog: str, argv) -> str:
+    """Write ``err``'s traceback to the run folder's error.log (appended) or a new file in the temporary folder;
+    returns where it went."""
+    header = (f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}  internal error of kcnn in {prog} "
+              f"{' '.join(map(str, sys.argv[1:] if argv is None else argv))}\n"
+              f"python {platform.python_version()} on {platform.platform()}\n")
+    text = header + "".join(traceback.format_exception(err))
+    target = _error_log(config)
+    if target is not None:
+        try:
+            with open(target, "a", encoding="utf-8") as f:
+                f.write(text + "\n")
+            return str(target)
+        except OSError:
+            pass  # a read-only or full run folder: the temporary folder below
+    try:
+        fd, name = tempfile.mkstemp(prefix="kcnn-error-", suffix=".log", dir=tempfile.gettempdir())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return name
+    except OSError:
+        print(text, file=sys.stderr, end="")
+        return "stderr (above): no file could be written"
+
+
+def internal_error(err: BaseException, config, prog: str, argv) -> int:
+    """Report a bug of kcnn: one line naming the exception and where its traceback is; exit code 1."""
+    what = f"{type(err).__name__}: {_one_line(err)}" if str(err).strip() else type(err).__name__
+    if _debug():
+        traceback.print_exception(err, file=sys.stderr)
+        where = "the traceback is above"
+    else:
+        where = f"the traceback is in {_write_traceback(err, config, prog, argv)}"
+    print(f"error: internal error of kcnn (a bug, not a mistake in your input): {what}; {where}; please report "
+          "it with the traceback", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
 def run(main_fn: Callable, config_cls, argv, prog: str, description: str, positional: tuple = ()) -> int:
-    """Parse, call ``main_fn(config)``, and turn library errors into ``error: ...`` + exit code 2."""
+    """Parse, call ``main_fn(config)``; an input error becomes ``error: ...`` + exit code 2, any other exception
+    one line that says it is an internal error of kcnn + exit code 1 (`is_input_error`)."""
     use_onednn()
+    config = None
     try:
         config = parse(config_cls, argv, prog, description, positional)
         result = main_fn(config)
         return 0 if result is None else int(result)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)
         return int(exc.code or 0)
-    except KeyboardInterrupt as err:  # the training skeleton says where the run stands (recipes/_job.py)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM; the training skeleton says where the run stands
+        from recipes import _signals
+
         print(f"error: {err or 'interrupted'}", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as err:  # OSError: files, disk full, permission denied
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
+        return _signals.exit_code(err)  # 130 for Ctrl-C, 143 for SIGTERM
+    except Exception as err:
+        if not is_input_error(err):
+            return internal_error(err, config, prog, argv)
+        if _debug():
+            traceback.print_exception(err, file=sys.stderr)
+        print(f"error: {_one_line(err, limit=10_000) or type(err).__name__}", file=sys.stderr)
         return EXIT_USAGE

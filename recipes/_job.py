@@ -68,18 +68,20 @@ class Job:
 def execute(job: Job) -> int:
     """Run ``job`` through the skeleton; returns the exit code (0).
 
-    Ctrl-C says where the run stands: before the run folder is opened nothing was written to --out; after,
-    the message names the folder to continue with ``--resume``."""
+    Ctrl-C and SIGTERM say where the run stands: before the run folder is opened nothing was written to --out;
+    after, the message names the folder to continue with ``--resume``."""
+    from recipes import _signals
+
     opened = []
     try:
-        with _cli.keras_policy(job.config.get("precision", "float32")):
+        with _cli.keras_policy(job.config.get("precision", "float32")), _signals.terminate_as_interrupt():
             return _execute(job, opened)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (a `_signals.Terminated`)
         if opened:
-            raise KeyboardInterrupt(f"interrupted; the last finished epoch is saved: continue with the same "
-                                    f"command plus --resume --out {opened[0]}") from None
-        raise KeyboardInterrupt("interrupted before the run folder was opened; nothing was written to --out: "
-                                "run the same command again") from None
+            raise _signals.again(err, f"interrupted; the last finished epoch is saved: continue with the same "
+                                      f"command plus --resume --out {opened[0]}") from None
+        raise _signals.again(err, "interrupted before the run folder was opened; nothing was written to --out: "
+                                  "run the same command again") from None
 
 
 def _execute(job: Job, opened: list) -> int:

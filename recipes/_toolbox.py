@@ -28,6 +28,7 @@ config.toml and report.json, and a resume with another value is refused with the
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from kcnn import options
@@ -87,8 +88,8 @@ def check(cfg) -> None:
             unit(name, getattr(cfg, name), closed=name == "erase")
     unit("mix_prob", cfg.mix_prob, closed=True)
     for name in ("mixup", "cutmix"):
-        if getattr(cfg, name) < 0:
-            raise _cli.UsageError(f"--{name} takes an alpha >= 0 (0: off); got {getattr(cfg, name)}")
+        if not (0 <= getattr(cfg, name) < math.inf):  # also nan
+            raise _cli.UsageError(f"--{name} takes a finite alpha >= 0 (0: off); got {getattr(cfg, name)}")
     if cfg.mix_off_epoch is not None and cfg.mix_off_epoch < 0:
         raise _cli.UsageError(f"--mix-off-epoch must be >= 0; got {cfg.mix_off_epoch}")
     if cfg.augment_magnitude is not None and not 0 <= cfg.augment_magnitude <= 10:

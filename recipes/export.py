@@ -44,6 +44,8 @@ class ExportConfig:
                                                          "choices": list(FORMATS)})
     out: str | None = field(default=None, metadata={"help": "where to write the export (default RUN/export/"
                                                     "saved_model, RUN/export/model.tflite or RUN/export/model.onnx)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an export this run wrote before at --out "
+                                                     "(never a file or folder kcnn did not write)"})
     images: int = field(default=8, metadata={"help": "random images in the check"})
     seed: int = field(default=0, metadata={"help": "seed of the random images"})
 
@@ -126,7 +128,15 @@ def write_saved_model(model, path, shape=None) -> None:
 def export_saved_model(model, size, out: Path):
     import tensorflow as tf
 
-    write_saved_model(model, out)
+    from kcnn import files
+
+    tmp = files.partial_dir(out)
+    try:
+        write_saved_model(model, tmp)
+    except BaseException:
+        files.discard_partial_dir(tmp)
+        raise
+    files.replace_dir(tmp, out)
     served = tf.saved_model.load(str(out))
     return lambda x: served.serve(tf.constant(x)).numpy()
 
@@ -137,7 +147,9 @@ def export_tflite(model, size, out: Path):
     with tempfile.TemporaryDirectory(prefix="kcnn-export-") as folder:
         write_saved_model(model, folder, size)
         content = tf.lite.TFLiteConverter.from_saved_model(folder).convert()
-    out.write_bytes(content)
+    from kcnn import files
+
+    files.atomic_write_bytes(out, content)
     return lambda x: _tflite_predict(content, x)
 
 
@@ -166,16 +178,46 @@ def onnx_available() -> bool:
 def export_onnx(model, size, out: Path):
     import onnxruntime
 
+    from kcnn import files
+
+    tmp = files.temp_sibling(out)
     with tempfile.TemporaryDirectory(prefix="kcnn-export-") as folder:
         write_saved_model(model, folder)
         done = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", folder,
-                               "--output", str(out)], capture_output=True, text=True)
-    if done.returncode != 0 or not out.is_file():
+                               "--output", str(tmp)], capture_output=True, text=True)
+    if done.returncode != 0 or not tmp.is_file():
+        files.discard(tmp)
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise _cli.UsageError(f"tf2onnx could not convert the model: {lines[-1] if lines else done.returncode}")
+    files.replace(tmp, out)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
+
+
+def _records(record_file: Path) -> dict:
+    """The run's ``export.json``: what recipes.export wrote for it, by format (a malformed file: nothing)."""
+    try:
+        records = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def check_out(out: Path, fmt: str, records: dict, overwrite: bool) -> None:
+    """Refuse, before anything is loaded or written, an --out that exists and is not this run's own earlier
+    export of ``fmt`` (recorded in its export.json), and an own one without --overwrite."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    own = [r.get("path") for r in records.values() if isinstance(r, dict)]
+    ours = any(isinstance(p, str) and Path(p).resolve() == out.resolve() for p in own) and \
+        (out.is_dir() == (fmt == "saved_model")) and not out.is_symlink()
+    if not ours:
+        raise _cli.UsageError(f"--out {out} exists and is not an export kcnn wrote for this run; kcnn never "
+                              "replaces it: choose another --out")
+    if not overwrite:
+        raise _cli.UsageError(f"--out {out} holds this run's earlier {fmt} export; pass --overwrite to replace "
+                              "it, or choose another --out")
 
 
 EXPORTERS = {"saved_model": export_saved_model, "tflite": export_tflite, "onnx": export_onnx}
@@ -190,6 +232,10 @@ def run(cfg: ExportConfig) -> int:
     if cfg.format == "onnx" and not onnx_available():
         raise _cli.UsageError(f"--format onnx needs tf2onnx (>= 1.17; 1.17 converts TensorFlow 2.21 "
                               f"SavedModels) and onnxruntime, which are not installed: {ONNX_NEEDS}")
+    out = Path(cfg.out) if cfg.out else file.parent / "export" / DEFAULT_NAMES[cfg.format]
+    record_file = file.parent / "export.json"
+    records = _records(record_file)
+    check_out(out, cfg.format, records, cfg.overwrite)
     import numpy as np
 
     from kcnn import perf
@@ -197,19 +243,12 @@ def run(cfg: ExportConfig) -> int:
 
     model = perf.load_model(file)
     size = input_size(model)
-    out = Path(cfg.out) if cfg.out else file.parent / "export" / DEFAULT_NAMES[cfg.format]
     out.parent.mkdir(parents=True, exist_ok=True)
     predict = EXPORTERS[cfg.format](model, size, out)
     images, what = check_images(file, size, cfg.images, cfg.seed)
     expected = np.asarray(model(images, training=False))
     got = np.asarray(predict(images)).reshape(expected.shape)
     diff = float(np.max(np.abs(got - expected)))
-    record_file = file.parent / "export.json"
-    try:
-        records = json.loads(record_file.read_text()) if record_file.is_file() else {}
-        records = records if isinstance(records, dict) else {}
-    except (OSError, ValueError):
-        records = {}
     records[cfg.format] = {"path": str(out), "max_abs_diff": diff, "images": int(len(images)),
                            "check_images": what, "input_size": list(size)}
     atomic_write_text(record_file, json.dumps(jsonable(records), indent=1))

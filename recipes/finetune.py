@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from kcnn import options
 from recipes import _cli, _job, _toolbox
 
 
@@ -51,9 +52,9 @@ class FinetuneConfig(_toolbox.Toolbox):
                                                      "recipes.lr_find suggests)"})
     class_weight: str = field(default="none", metadata={"help": "none | balanced (weights each training image by "
                                                         "n / (classes x its class's count))",
-                                                        "choices": ["none", "balanced"]})
+                                                        "choices": list(options.CLASS_WEIGHTS)})
     batch_size: int = field(default=32, metadata={"help": "images per step"})
-    head: str = field(default="gap", metadata={"help": "gap | dense | conv", "choices": ["gap", "dense", "conv"]})
+    head: str = field(default="gap", metadata={"help": "gap | dense | conv", "choices": list(options.HEADS)})
     dropout: float = field(default=0.0, metadata={"help": "dropout in the new head (with --hidden)"})
     hidden: int = field(default=0, metadata={"help": "width of a hidden layer in the new head (0: none)"})
     augment: str = _cli.augment_field("none")
@@ -162,6 +163,22 @@ def is_rule(schedule) -> bool:
     return isinstance(schedule, str) and schedule.lower().replace("_", "-") in RULES
 
 
+def _named_or_file(name):
+    """A preset or schedule file; an unknown name is one line listing every rule and preset, closest first."""
+    import difflib
+    from pathlib import Path
+
+    from kcnn import transfer
+
+    if not Path(str(name)).is_file() and str(name).lower().replace("_", "-") not in transfer.PRESETS:
+        names = [*transfer.RULES, "demo", *transfer.PRESETS]
+        close = difflib.get_close_matches(str(name).lower(), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise _cli.UsageError(f"--schedule {name!r} is not a rule ({', '.join(transfer.RULES)}), a preset (demo, "
+                              f"{', '.join(transfer.PRESETS)}) or a schedule file{hint}")
+    return transfer.load_schedule(name)
+
+
 def schedule_of(cfg: FinetuneConfig, train_examples: int | None = None):
     """The run's schedule: the demo's, a rule's for ``train_examples`` (`kcnn.transfer.RULES`), a preset
     or a file, rescaled to --epochs and --lr."""
@@ -172,7 +189,7 @@ def schedule_of(cfg: FinetuneConfig, train_examples: int | None = None):
     elif is_rule(cfg.schedule):
         schedule = transfer.rule_schedule(cfg.schedule, train_examples or 1, cfg.batch_size)
     else:
-        schedule = transfer.load_schedule(cfg.schedule)
+        schedule = _named_or_file(cfg.schedule)
     if cfg.lr is not None:
         factor = cfg.lr / schedule[0].lr
         schedule = transfer.Schedule([dataclasses.replace(p, lr=p.lr * factor) for p in schedule])

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -183,11 +182,15 @@ def prepare_out(out: Path, ident: dict, overwrite: bool, worker: bool) -> bool:
     if out.exists() and not out.is_dir():
         raise _cli.UsageError(f"--out {out} is a file, not a folder; choose another --out")
     contents = list(out.iterdir()) if out.is_dir() else []
-    ours = runs.holds_kcnn_run(out) or (out / SEARCH_FILE).is_file()
     if overwrite and not worker:
-        if contents and not ours:  # kcnn deletes only what kcnn made
+        if contents and not runs.holds_kcnn_run(out):  # kcnn deletes only what kcnn made: a folder with its marker
             raise _cli.UsageError(f"--out {out} is a folder kcnn did not make (no {runs.MARKER}); kcnn never "
                                   "replaces it, even with --overwrite: choose an empty or new folder")
+        others = runs.foreign_entries(out, runs.TUNE_FILES) if contents else []
+        if others:
+            raise _cli.UsageError(f"--overwrite {out}: it also holds files kcnn did not write "
+                                  f"({', '.join(others[:5])}); kcnn deletes only its own: move them out, or "
+                                  "choose another --out")
         return False
     if not contents:
         return False
@@ -199,9 +202,13 @@ def prepare_out(out: Path, ident: dict, overwrite: bool, worker: bool) -> bool:
                               "missing); choose another --out, or pass --overwrite to replace its contents")
     try:
         old = json.loads(search_file.read_text())
-    except ValueError:
-        raise _cli.UsageError(f"--out {out}: {SEARCH_FILE} is unreadable; choose another --out or "
-                              "--overwrite")
+    except ValueError as err:  # not JSON, not UTF-8
+        raise _cli.UsageError(f"--out {out}: {search_file} is unreadable ({type(err).__name__}); choose "
+                              "another --out or --overwrite") from None
+    if not isinstance(old, dict):
+        kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(old), "number")
+        raise _cli.UsageError(f"--out {out}: {search_file} is not a kcnn search (it holds a JSON {kind}, not an "
+                              "object); choose another --out or --overwrite")
     old.setdefault("precision", "float32")  # searches from before the setting ran in float32
     changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
     if changed:
@@ -257,7 +264,7 @@ def _search(cfg: TuneConfig, out: Path, ident: dict, worker: bool, resuming: boo
     # From here on the folder is written.
     if not worker:
         if cfg.overwrite and out.exists():
-            shutil.rmtree(out)  # prepare_out checked that it holds a kcnn search
+            runs.clear_owned(out, runs.TUNE_FILES)  # prepare_out checked that it holds only a kcnn search
         out.mkdir(parents=True, exist_ok=True)
         runs.atomic_write_text(out / runs.MARKER, json.dumps({"format": runs.MARKER_FORMAT, "recipe": "tune"}))
         tuning.write_json(out / SEARCH_FILE, ident)
@@ -278,14 +285,18 @@ def _search(cfg: TuneConfig, out: Path, ident: dict, worker: bool, resuming: boo
     _keras_tuner_tracebacks(cfg.verbose >= 2)  # a failed trial's reason is in trials.csv either way
     started = time.perf_counter()
     stopped = None
+    from recipes import _signals
+
     try:
-        tuner.search(splits.train, validation_data=splits.val, epochs=cfg.epochs)
+        with _signals.terminate_as_interrupt():
+            tuner.search(splits.train, validation_data=splits.val, epochs=cfg.epochs)
     except RuntimeError as err:  # keras-tuner: too many failed trials in a row
         stopped = " ".join(str(err).split())[:300]
-    except KeyboardInterrupt:
-        print(f"error: interrupted; finished trials are kept, rerun the same command to continue the search "
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM
+        what = "terminated (SIGTERM)" if isinstance(err, _signals.Terminated) else "interrupted"
+        print(f"error: {what}; finished trials are kept, rerun the same command to continue the search "
               f"in {out}", file=sys.stderr)
-        return 130
+        return _signals.exit_code(err)
     if worker:
         if cfg.verbose:
             print(f"worker {tuner.tuner_id}: no more trials; done", flush=True)
@@ -343,7 +354,9 @@ def _retrain(cfg, out, tuner, hypermodel, best, splits, summary, np, tf) -> int:
     from kcnn import training, tuning
 
     report_file = out / "report.json"
-    previous = tuning.read_json(report_file) or {}
+    previous = tuning.read_json(report_file)
+    if not isinstance(previous, dict) or not isinstance(previous.get("test_accuracy"), (int, float)):
+        previous = {}  # none, or not a report kcnn wrote: retrain and write it anew
     if (previous.get("best_trial") == best["trial_id"]
             and previous.get("best_hyperparameters") == best["hyperparameters"]
             and (out / "model.keras").is_file()):

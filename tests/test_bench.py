@@ -262,17 +262,46 @@ def test_import_kcnn_perf_changes_nothing_in_the_environment():
     assert _fresh(code) == "True"
 
 
-def test_onednn_enabled_is_tensorflow_answer():
+#: TensorFlow's default without TF_ENABLE_ONEDNN_OPTS on Linux (DefaultOneDnnPolicy / IsMklEnabled in
+#: tensorflow/core/util/port.cc): oneDNN on for CPUs with any of these features, off otherwise (AVX2-only CPUs).
+_ONEDNN_DEFAULT_FLAGS = frozenset({"avx512_vnni", "avx512_bf16", "avx_vnni",
+                                   "amx_tile", "amx_int8", "amx_bf16"})
+
+
+@pytest.mark.parametrize("setting", [None, "0", "1"])
+def test_onednn_enabled_is_tensorflow_answer(setting):
+    """In a fresh process under a controlled TF_ENABLE_ONEDNN_OPTS: the variable's value when it is set, the
+    CPU-feature default of TensorFlow's x86 Linux build when it is not."""
+    import platform
+
+    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
+        pytest.skip("the documented default is that of TensorFlow's x86 Linux build")
+    expected = bool(perf.cpu_flags() & _ONEDNN_DEFAULT_FLAGS) if setting is None else setting == "1"
+    code = ("import os; from kcnn import perf; "
+            "print(perf.onednn_enabled(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'))")
+    assert _fresh(code, setting) == f"{expected} {setting}"
+
+
+def test_onednn_enabled_reads_the_variable_where_tensorflow_cannot_answer(monkeypatch):
     from kcnn import _compat
 
-    assert perf.onednn_enabled() == _compat.tf_onednn_enabled()
+    def no_hook():
+        raise _compat.CompatError("no IsMklEnabled in this TensorFlow")
+
+    monkeypatch.setattr(_compat, "tf_onednn_enabled", no_hook)
+    for value, expected in (("1", True), ("true", True), ("TRUE", True), ("0", False), ("false", False),
+                            ("yes", False)):
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", value)
+        assert perf.onednn_enabled() is expected, value
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    assert perf.onednn_enabled() is False
 
 
 def test_bench_uses_no_keras_internals_directly():
     import pathlib
 
     text = pathlib.Path(bench.__file__).read_text()
-    assert "keras.src" not in text and "keras_trainer_class" in text
+    assert "keras.src" not in text and "unittest" not in text and "_compat.keras_auto_jit" in text
 
 
 # --- the fair comparison (one process per library) ----------------------------------------------------------

@@ -19,6 +19,7 @@ def test_tensorflow_and_keras_tuner_internals_are_there():
     assert isinstance(_compat.tf_gradient_registry(), dict)
     assert isinstance(_compat.tf_context_initialized(), bool)
     assert isinstance(_compat.tf_onednn_enabled(), bool)
+    assert isinstance(_compat.tf_op_determinism().is_op_determinism_enabled(), bool)
     assert _compat.kt_oracle_client_class().__name__ == "OracleClient"
     assert callable(_compat.kt_distribute_utils().has_chief_oracle)
     assert isinstance(_compat.kt_config_module().DEBUG, bool)
@@ -85,3 +86,44 @@ def test_no_private_name_is_imported_from_another_package_of_the_project():
                 if package(target) != package(mod) and target != "kcnn._compat":
                     found.append(f"{mod} uses {target}.{node.attr}")
     assert sorted(set(found)) == []
+
+
+#: Keras / TensorFlow private attributes kcnn reads; only kcnn/_compat.py may name them.
+PRIVATE_ATTRIBUTES = {"_nodes_by_depth", "_keras_history", "_functional", "_var_key", "_resolve_auto_jit_compile",
+                      "_gradient_registry", "_context_handle"}
+
+
+def test_private_attributes_of_dependencies_are_read_only_through_compat():
+    offenders = []
+    for path in [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]:
+        if path.name == "_compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.attr if isinstance(node, ast.Attribute) else (
+                node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None)
+            if name in PRIVATE_ATTRIBUTES:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert offenders == []
+    assert "unittest" not in "".join(p.read_text() for p in ROOT.joinpath("kcnn").rglob("*.py")) + \
+        "".join(p.read_text() for p in ROOT.joinpath("recipes").rglob("*.py"))
+
+
+def test_the_keras_graph_accessors_see_a_functional_model():
+    import keras
+
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, keras.layers.Dense(2, name="d")(x))
+    nodes = _compat.keras_nodes_by_depth(model)
+    assert sorted(nodes) == [0, 1] and _compat.keras_is_functional(model)
+    assert _compat.keras_history(model.outputs[0])[0].name == "d"
+    seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    assert _compat.keras_is_functional(_compat.keras_sequential_graph(seq))
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    keys = {_compat.keras_variable_key(optimizer, v) for v in model.trainable_variables}
+    assert len(keys) == 2
+    trainer = _compat.keras_trainer_class()
+    before = trainer.__dict__["_resolve_auto_jit_compile"]
+    with _compat.keras_auto_jit(True):
+        assert model._resolve_auto_jit_compile() is True
+    assert trainer.__dict__["_resolve_auto_jit_compile"] is before

@@ -724,8 +724,19 @@ def test_array_source_errors():
         kdata.load((np.zeros((3, 4)), [0, 1, 0]), image_size=4)
 
 
-def test_pipeline_throughput_counts_images():
-    splits = kdata.load("glyphs:100", image_size=8, batch_size=10, augment="standard")
+def test_pipeline_throughput_counts_images(monkeypatch):
+    """The rate is the images of the timed batches (the last, short batch of an epoch counts its own size; the
+    warm-up batches not at all) over the time they took: with a clock that says one second, the count itself."""
+    import types
+
+    splits = kdata.load("glyphs:100", image_size=8, batch_size=16, augment="standard")
+    assert splits.num_examples["train"] == 70  # batches of 16, 16, 16, 16, 6, then the split again
+    clock = iter([100.0, 101.0, 200.0, 201.0, 300.0, 302.0])
+    monkeypatch.setattr(kdata, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    assert kdata.pipeline_throughput(splits, steps=5, warmup=0) == 70.0           # one epoch: every image
+    assert kdata.pipeline_throughput(splits, steps=7, warmup=0) == 70.0 + 32      # and two batches more
+    assert kdata.pipeline_throughput(splits, steps=2, warmup=4, split="test") == (4 + 16) / 2
+    monkeypatch.undo()
     rate = kdata.pipeline_throughput(splits, steps=3, warmup=1)
     assert isinstance(rate, float) and rate > 0
     with pytest.raises(ValueError, match="split='nope'"):

@@ -192,6 +192,65 @@ def test_bad_files_are_skipped_and_named_and_epochs_keep_their_length(tmp_path, 
     assert len(corrupt) == 1 and "black image" in corrupt[0]
 
 
+def _png_declaring(width, height):
+    """The first chunks of a PNG whose IHDR declares ``width x height`` (8-bit RGB) and no pixel data: a
+    decompression bomb's header, 57 bytes on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_png_declaring_more_pixels_than_pillows_limit_is_skipped_and_named(tmp_path, cache):
+    """tf.io.decode_png has no decompression-bomb limit: the header is read while listing and the file skipped
+    there, before any decoder (TensorFlow's or Pillow's) sees it."""
+    root = tmp_path / "pets"
+    _unique_folder(root, {"cat": 5, "dog": 5})
+    (root / "cat" / "bomb.png").write_bytes(_png_declaring(100_000, 100_000))
+    assert kfolders._png_header_size(root / "cat" / "bomb.png") == (100_000, 100_000)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 11 image files .*bomb\.png \(too large"):
+        splits = kdata.load(root, image_size=8, batch_size=5, val_fraction=0, test_fraction=0, cache=cache)
+    [(path, reason)] = splits.skipped
+    assert path.endswith("bomb.png")
+    assert "100000 x 100000 = 10,000,000,000 pixels" in reason and "PIL.Image.MAX_IMAGE_PIXELS" in reason
+    assert splits.num_examples["train"] == 10
+    batches = _epoch_batches(splits, 0, 1)
+    assert sum(len(y) for _, y in batches) == 10 and all(x.any() for xs, _ in batches for x in xs)
+    assert len(splits.skipped) == 1  # nothing failed to decode afterwards
+
+
+def test_the_pixel_limit_is_pillows_whichever_decoder_reads_the_file(tmp_path, monkeypatch):
+    """With ``PIL.Image.MAX_IMAGE_PIXELS`` lowered, real 20x20 files are too large for the graph's PNG and JPEG
+    decoders and for Pillow's path alike; the 12x10 images still load. Pillow alone would only warn below
+    twice its limit (and TensorFlow not at all)."""
+    root = tmp_path / "pets"
+    _unique_folder(root, {"cat": 5, "dog": 5})                       # 12 x 10 = 120 pixels each
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    _save(root / "cat" / "big.png", big)                             # tf.io.decode_png
+    _save(root / "dog" / "big.jpg", big, quality=90)                 # tf.io.decode_jpeg
+    _save(root / "dog" / "big_palette.png", big.convert("P", palette=Image.ADAPTIVE))  # Pillow
+    decoders = {p.name: kfolders._check_file(p, (8, 8))[3] for p in sorted(root.rglob("big*"))}
+    assert decoders == {"big.png": kfolders._PNG, "big.jpg": kfolders._JPEG + kfolders._JPEG_RATIOS.index(2),
+                        "big_palette.png": kfolders._PILLOW}
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)              # 400 > 300 > 120
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow's own, at open of the JPEG
+        with pytest.warns(UserWarning, match="skipped 3 of 13 image files"):
+            splits = kdata.load(root, image_size=8, batch_size=5, val_fraction=0, test_fraction=0)
+    reasons = {p.rsplit("/", 1)[-1]: r for p, r in splits.skipped}
+    assert sorted(reasons) == ["big.jpg", "big.png", "big_palette.png"]
+    assert all(r.startswith("too large: its header declares 20 x 20 = 400 pixels") and "(300;" in r
+               for r in reasons.values())
+    assert splits.num_examples["train"] == 10 and len(splits.arrays["train"][0]) == 10
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)             # Pillow's "no limit"
+    assert kdata.load(root, image_size=8, batch_size=5, val_fraction=0, test_fraction=0).skipped == []
+
+
 def _exif_rotated_jpeg(path):
     """A 16 wide x 8 high JPEG, left half red, right half blue, tagged 'rotate 90 degrees clockwise to view'.
 
@@ -316,7 +375,8 @@ def test_a_jpeg_corrupt_inside_keeps_its_place_as_a_black_image(tmp_path, monkey
     huffman = data.index(b"\xff\xc4")
     data[huffman + 5:huffman + 21] = b"\xff" * 16          # a bogus Huffman table: the header still reads
     (root / "a" / "zz_bad.jpg").write_bytes(bytes(data))
-    assert kfolders._check_file(root / "a" / "zz_bad.jpg", (12, 10))[::3] == (None, kfolders._JPEG + kfolders._JPEG_RATIOS.index(2))
+    assert kfolders._check_file(root / "a" / "zz_bad.jpg", (12, 10))[::3] == \
+        (None, kfolders._JPEG + kfolders._JPEG_RATIOS.index(2))
     monkeypatch.setattr(kfolders, "FOLDER_MEMORY_BYTES", 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

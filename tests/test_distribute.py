@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import sys
 import textwrap
 from pathlib import Path
@@ -56,14 +57,19 @@ def _start_workers(command, tmp_path, count=2, env=None):
 
 
 def _wait_all(procs, tmp_path, timeout):
-    """Wait for every worker (killing all of them after ``timeout`` s, so a lost peer cannot hang the test)."""
-    try:
-        codes = [p.wait(timeout=timeout) for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"workers still running after {timeout}s: " + _logs(tmp_path, len(procs)))
-    assert codes == [0] * len(procs), _logs(tmp_path, len(procs))
+    """Wait for every worker; as soon as one fails, or after ``timeout`` s, kill the others (a peer that lost its
+    partner would otherwise wait for it until the collective times out)."""
+    deadline = time.time() + timeout
+    while any(p.poll() is None for p in procs):
+        if any(p.poll() not in (None, 0) for p in procs) or time.time() > deadline:
+            for p in procs:
+                p.kill()
+            for p in procs:
+                p.wait()
+            state = "a worker failed" if time.time() <= deadline else f"workers still running after {timeout}s"
+            pytest.fail(f"{state}: " + _logs(tmp_path, len(procs)))
+        time.sleep(0.2)
+    assert [p.returncode for p in procs] == [0] * len(procs), _logs(tmp_path, len(procs))
 
 
 def _logs(tmp_path, count):
@@ -585,7 +591,8 @@ SHARD_SCRIPT = """
     def mlp():  # no BN: the distributed steps must equal one process's steps on the two shards' batches
         keras.utils.set_random_seed(1)
         return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
-                                 keras.layers.Dense(16, activation="relu"), keras.layers.Dense(n, activation="softmax")])
+                                 keras.layers.Dense(16, activation="relu"),
+                                 keras.layers.Dense(n, activation="softmax")])
 
     val = (x[:8], np.arange(8))
     with strategy.scope():

@@ -87,3 +87,20 @@ def test_input_size_of_a_fixed_model():
     images, what = export.check_images(export.Path("/nonexistent/model.keras"), (7, 9, 3), 4, 0)
     assert images.shape == (4, 7, 9, 3) and 0 <= images.min() and images.max() <= 255 and what == "4 random"
     assert np.isfinite(images).all()
+
+
+def test_export_replaces_only_its_own_earlier_export(run_dir, tmp_path, capsys):
+    foreign = tmp_path / "theirs.tflite"
+    foreign.write_bytes(b"the user's")
+    assert export.main([str(run_dir), "--format", "tflite", "--out", str(foreign), "--overwrite"]) == 2
+    assert "is not an export kcnn wrote for this run" in capsys.readouterr().err
+    assert foreign.read_bytes() == b"the user's"
+    mine = tmp_path / "mine.tflite"
+    assert export.main([str(run_dir), "--format", "tflite", "--out", str(mine), "--images", "1"]) == 0
+    first = mine.read_bytes()
+    assert export.main([str(run_dir), "--format", "tflite", "--out", str(mine), "--images", "1"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert export.main([str(run_dir), "--format", "tflite", "--out", str(mine), "--images", "1",
+                        "--overwrite"]) == 0
+    assert mine.read_bytes() == first and sorted(p.name for p in tmp_path.iterdir()) == ["mine.tflite",
+                                                                                         "theirs.tflite"]

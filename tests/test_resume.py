@@ -246,3 +246,29 @@ def test_every_toolbox_option_on_interrupted_inside_an_epoch_resumes_bit_identic
     ours, theirs = (json.loads((p / "report.json").read_text()) for p in (out, reference))
     assert ours["kept_epoch"] == theirs["kept_epoch"] and ours["tta_test_accuracy"] == theirs["tta_test_accuracy"]
     assert ours["toolbox"]["ema"] == 0.9 and (out / "augment.png").is_file()
+
+
+def test_sigterm_stops_like_ctrl_c_exits_143_and_resumes_bit_identical(tmp_path, monkeypatch, capsys, straight):
+    """SIGTERM (a scheduler's stop) sent to the process inside epoch 3: one line with the resume command, exit 143,
+    the scheduler's signal handler put back; the resumed run ends where the uninterrupted one ends."""
+    args = [*FINETUNE, "--augment", "standard", "--no-compare-scratch"]
+    reference = straight(finetune.main, args)
+    out = tmp_path / "run"
+    real_epoch_end = transfer_history._Recorder.on_epoch_end
+
+    def on_epoch_end(recorder, epoch, logs=None):
+        real_epoch_end(recorder, epoch, logs)
+        if epoch + 1 == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread: the handler raises here
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(transfer_history._Recorder, "on_epoch_end", on_epoch_end)
+    assert finetune.main([*args, "--out", str(out)]) == 143
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: terminated (SIGTERM); the last finished epoch is saved: continue with the same command "
+                   f"plus --resume --out {out}"]
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert json.loads((out / "state.json").read_text())["epochs_done"] in (1, 2)
+    assert finetune.main([*args, "--out", str(out), "--resume"]) == 0
+    assert _largest_difference(reference, out) == 0.0

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from kcnn import runs
+from kcnn import files, runs
 
 
 def _files(path):
@@ -96,23 +96,37 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_old_file_intact(tmp_pat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(runs.RunError, match=r"cannot write .*state.json: the disk is full"):
+    with pytest.raises(files.DiskError, match=r"cannot write .*state.json: the disk is full"):
         runs.atomic_write_text(target, "half")
     assert target.read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
 
-def test_a_read_only_folder_is_one_line(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
+def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
+    """Root (as CI runs) writes into read-only folders, so the OS's answer to everyone else is simulated too:
+    creating anything inside the folder raises PermissionError(13), as mkdir does there for other users."""
+    import errno
+    from pathlib import Path
+
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
+    real_mkdir = Path.mkdir
+
+    def refused(self, *args, **kwargs):
+        if folder in Path(self).parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
     try:
-        with pytest.raises(runs.RunError, match="permission denied"):
+        with pytest.raises(files.DiskError, match="permission denied") as caught:
             runs.RunDir(folder / "run", recipe="train").open()
     finally:
         folder.chmod(0o700)
+    message = str(caught.value)
+    assert "\n" not in message and str(folder / "run") in message and "Traceback" not in message
+    assert list(folder.iterdir()) == []  # nothing written, no temporary file left
 
 
 def test_toml_round_trip():

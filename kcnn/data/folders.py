@@ -21,12 +21,14 @@ size and on ``cache``:
 
 Both ways give the same batches for the same seed: one decoder, and the order is a permutation of indices.
 
-Checks while listing: a file that is empty, that Pillow cannot identify from its header, or that is cut short
-(a JPEG without its end-of-image marker, a PNG without its IEND chunk, in its last KiB) is skipped, listed in
-``Splits.skipped`` as ``(path, reason)`` and named in one warning; this reads each file's header and tail, not
-the whole file. Other formats (GIF, BMP), rarer and cheap to decode, are decoded in full while listing. A file
-that passes these checks and still fails to decode later (corrupt inside, or gone) keeps its place so that
-every epoch has exactly ``steps_per_epoch`` batches: TensorFlow's decoders raise on it, the batch's failed
+Checks while listing: a file that is empty, that Pillow cannot identify from its header, whose header declares
+more pixels than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 million by default;
+applied to the PNGs and JPEGs TensorFlow decodes as to Pillow's), or that is cut short (a JPEG without its
+end-of-image marker, a PNG without its IEND chunk, in its last KiB) is skipped, listed in ``Splits.skipped``
+as ``(path, reason)`` and named in one warning; this reads each file's header and tail, not the whole file.
+Other formats (GIF, BMP), rarer and cheap to decode, are decoded in full while listing. A file that passes
+these checks and still fails to decode later (corrupt inside, or gone) keeps its place so that every epoch has
+exactly ``steps_per_epoch`` batches: TensorFlow's decoders raise on it, the batch's failed
 examples are dropped (``ignore_errors``) and decoded again by Pillow (resized by Pillow's BILINEAR), and
 where Pillow fails too the example is a black image, added to ``Splits.skipped`` with the reason and named
 in a warning. Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left as it is (off by default): turned on, it
@@ -57,6 +59,7 @@ FOLDER_MEMORY_BYTES = 256 * 2**20
 
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 _TAIL_BYTES = 1024
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _END_MARKERS = {"JPEG": (b"\xff\xd9", "JPEG end-of-image marker (FFD9)"), "PNG": (b"IEND", "PNG IEND chunk")}
 _CACHE_VERSION = b"kcnn-folder-cache-2"
 _ROTATED = (5, 6, 7, 8)   # EXIF orientations that swap width and height
@@ -78,12 +81,36 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
+def _too_large(width: int, height: int) -> str | None:
+    """Why an image of ``width x height`` is skipped, if it declares more pixels than Pillow's limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, read at each call; None: no limit): the decompression-bomb guard, for the
+    files TensorFlow's decoders read as for Pillow's."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or width * height <= limit:
+        return None
+    return (f"too large: its header declares {width} x {height} = {width * height:,} pixels, more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS ({int(limit):,}; a decompression-bomb guard: raise it to read the "
+            f"file)")
+
+
+def _png_header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG's IHDR chunk (bytes 16-24), or None if the file is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def _check_file(path: Path, size) -> tuple[str | None, int, int, int]:
     """``(None or why the file is skipped, size in bytes, modification time in ns, decoder)`` from a cheap look.
 
     The decoder is :data:`_PILLOW`, :data:`_PNG`, or a JPEG decoded in the graph at DCT scale ``1/ratio``
     (``_JPEG_RATIOS``), ``ratio`` the largest of 1, 2, 4, 8 that keeps the image at least ``size`` (Pillow's
-    draft rule).
+    draft rule). A file whose header declares more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` is skipped
+    whichever decoder would read it (`_too_large`); a PNG's is read from its IHDR before Pillow opens it.
     """
     from PIL import Image
 
@@ -91,7 +118,12 @@ def _check_file(path: Path, size) -> tuple[str | None, int, int, int]:
         stat = path.stat()
         if stat.st_size == 0:
             return "empty file (0 bytes)", 0, stat.st_mtime_ns, _PILLOW
+        png = _png_header_size(path)
+        if png is not None and _too_large(*png):
+            return _too_large(*png), 0, 0, _PILLOW
         with Image.open(path) as image:
+            if _too_large(*image.size):  # JPEG, GIF, BMP, ...: before anything is decoded
+                return _too_large(*image.size), 0, 0, _PILLOW
             if image.format in _END_MARKERS:
                 marker, name = _END_MARKERS[image.format]
                 with open(path, "rb") as f:

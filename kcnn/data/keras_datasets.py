@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from kcnn import files as kfiles
 from kcnn.data.errors import DataError, DataNotFoundError
 from kcnn.data.pipeline import _MemoryPart
 from kcnn.data.splits import _carve, _carved_sizes
@@ -185,8 +186,8 @@ def _download(name: str, datasets: Path, where: Path, missing: list[str], calls:
             target = None if target.exists() else target
             keras.utils.get_file(cache_dir=os.fspath(home), **kwargs)
     except Exception as err:  # offline, get_file raises a bare Exception("URL fetch failure on ...")
-        if target is not None and target.is_file():
-            target.unlink()
+        if target is not None:
+            kfiles.discard_new(target, existed_before=False)  # only a file this call's get_file began
         if name == "fashion_mnist":
             fix = (f"apt-get install dataset-fashion-mnist, then copy /usr/share/datasets/fashion-mnist/* "
                    f"into {where}")

@@ -50,16 +50,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 
 import keras
 import tensorflow as tf
 
-from kcnn import _compat, runs
+from kcnn import _compat, files, runs
 
-KINDS = ("none", "mirrored", "multiworker")
+from kcnn.options import DISTRIBUTE_KINDS as KINDS  # noqa: E402  (its home is kcnn.options)
 
 
 class DistributeError(ValueError):
@@ -258,13 +256,13 @@ def write_dir(path, strategy=None) -> str:
     """
     if is_chief(strategy):
         return os.fspath(path)
-    return tempfile.mkdtemp(prefix=f"kcnn-worker{worker_index(strategy)}-")
+    return os.fspath(files.make_temp_dir(f"worker{worker_index(strategy)}-"))
 
 
 def remove_write_dir(path, strategy=None) -> None:
     """Delete a non-chief worker's temporary folder from `write_dir` (does nothing on the chief)."""
     if not is_chief(strategy):
-        shutil.rmtree(path, ignore_errors=True)
+        files.remove_temp_dir(path)  # only a folder write_dir made
 
 
 def _sublayers(model) -> list:
@@ -311,7 +309,7 @@ def run_dir_for(kind: str, path, *, recipe: str, overwrite: bool = False, resume
     config = dict(config or {})
     if kind != "multiworker" or tf_config_is_chief(tf_config()):
         return runs.RunDir(path, overwrite=overwrite, resume=resume, config=config, recipe=recipe)
-    tmp = tempfile.mkdtemp(prefix=f"kcnn-worker{tf_config()['task']['index']}-")
+    tmp = files.make_temp_dir(f"worker{tf_config()['task']['index']}-")
     return runs.RunDir(tmp, config=config, recipe=recipe)
 
 
@@ -322,7 +320,7 @@ def finish_worker(run, strategy) -> bool:
     """
     if is_chief(strategy):
         return False
-    shutil.rmtree(run.path, ignore_errors=True)
+    files.remove_temp_dir(run.path)  # only the temporary folder run_dir_for made
     print(f"worker {worker_index(strategy)}: training done; the chief writes the run folder", flush=True)
     return True
 

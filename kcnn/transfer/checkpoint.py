@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from kcnn import perf
+from kcnn import files, perf
 from kcnn.transfer.names import _check_shape, _min_size, _resolve, _short
 from kcnn.transfer.preprocessing import _check_mode
 from kcnn.weights import WeightsError
@@ -65,10 +65,65 @@ def save_checkpoint(path, model: keras.Model, *, arch: str, input_shape, class_n
         "input_shape": list(shape), "classes": len(names), "class_names": names, "preprocessing": mode,
         "keras_version": keras.__version__,
     }
-    tmp = directory / f".{CHECKPOINT_META}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, directory / CHECKPOINT_META)  # the metadata last: a checkpoint with it is complete
+    # the metadata last, atomically: a checkpoint with it is complete
+    files.atomic_write_text(directory / CHECKPOINT_META, json.dumps(meta, indent=2) + "\n")
     return directory
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_checkpoint_meta(directory, *, check_format: bool = True) -> dict:
+    """The ``kcnn.json`` of the checkpoint in ``directory``, checked field by field before anything uses it.
+
+    ``check_format=False`` checks the fields without asking for ``"format": "kcnn-checkpoint"`` (a recipe's early
+    look at the fields it reads; `load_checkpoint` asks for the format).
+
+    Raises:
+        WeightsError: one line naming the file: unreadable JSON, not a JSON object, another format, a version
+            that is not a whole number or newer than this kcnn reads, an ``arch`` that is not a name, an
+            ``input_shape`` that is not (height, width, channels) of positive integers, ``class_names`` that are
+            not a list of strings, ``classes`` that is not a count, ``preprocessing`` that is not a string.
+    """
+    file = Path(directory) / CHECKPOINT_META
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"Unreadable {file}: {_short(err)}") from None
+    if not isinstance(meta, dict):
+        kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(meta), "number")
+        raise WeightsError(f"{file} is not a kcnn checkpoint (it holds a JSON {kind}, not an object).")
+    if check_format and meta.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{file} is not a kcnn checkpoint (format != {CHECKPOINT_FORMAT!r}).")
+
+    def bad(key: str, expected: str):
+        return WeightsError(f"{file}: {key} must be {expected}; got {meta[key]!r}. The file is not as kcnn "
+                            "writes it: pretrain again (python -m recipes.pretrain) or restore the file.")
+
+    version = meta.get("version", 0)
+    if not _is_count(version) or version < 0:
+        raise bad("version", "a whole number (the checkpoint format's version)")
+    if version > CHECKPOINT_VERSION:
+        raise WeightsError(f"{Path(directory)} has checkpoint version {version}; this kcnn reads up to "
+                           f"{CHECKPOINT_VERSION}. Upgrade kcnn.")
+    if not isinstance(meta.get("arch"), str) or not meta["arch"].strip():
+        if "arch" not in meta:
+            raise WeightsError(f"{file} names no arch (the architecture); it is not as kcnn writes it: "
+                               "pretrain again (python -m recipes.pretrain) or restore the file.")
+        raise bad("arch", "the architecture's name")
+    shape = meta.get("input_shape")
+    if "input_shape" in meta and not (isinstance(shape, list) and len(shape) == 3
+                                      and all(_is_count(s) and s > 0 for s in shape)):
+        raise bad("input_shape", "[height, width, channels] of positive integers")
+    names = meta.get("class_names")
+    if "class_names" in meta and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise bad("class_names", "a list of strings")
+    if "classes" in meta and not (_is_count(meta["classes"]) and meta["classes"] > 0):
+        raise bad("classes", "a positive whole number")
+    if "preprocessing" in meta and not isinstance(meta["preprocessing"], str):
+        raise bad("preprocessing", "a string")
+    return meta
 
 
 def _checkpoint_dir(weights) -> Path | None:
@@ -102,22 +157,13 @@ def load_checkpoint(path) -> tuple[keras.Model, dict]:
 
     Raises:
         FileNotFoundError: no checkpoint there.
-        WeightsError: an unreadable or foreign ``kcnn.json``.
+        WeightsError: an unreadable, foreign or malformed ``kcnn.json`` (`read_checkpoint_meta`).
     """
     directory = _checkpoint_dir(path)
     if directory is None:
         raise FileNotFoundError(f"No kcnn checkpoint at {path} (expected {CHECKPOINT_META} and "
                                 f"{CHECKPOINT_MODEL}).")
-    try:
-        meta = json.loads((directory / CHECKPOINT_META).read_text())
-    except (OSError, ValueError) as err:
-        raise WeightsError(f"Unreadable {directory / CHECKPOINT_META}: {_short(err)}") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{directory / CHECKPOINT_META} is not a kcnn checkpoint (format != "
-                           f"{CHECKPOINT_FORMAT!r}).")
-    if meta.get("version", 0) > CHECKPOINT_VERSION:
-        raise WeightsError(f"{directory} has checkpoint version {meta['version']}; this kcnn reads up to "
-                           f"{CHECKPOINT_VERSION}. Upgrade kcnn.")
+    meta = read_checkpoint_meta(directory)
     model_path = directory / CHECKPOINT_MODEL
     if not model_path.is_file():
         raise FileNotFoundError(f"Checkpoint {directory} has no {CHECKPOINT_MODEL}.")

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import csv
 import gc
+import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from kcnn import files
 from kcnn.tuning.hypermodels import fixed_hyperparameters
 
 #: Per-trial record written into each trial folder by the tuners of `kcnn.tuning.make_tuner`.
@@ -70,13 +71,12 @@ def write_trials_csv(rows: list[dict], path) -> Path:
         keys += [k for k in row if k not in keys and k != "reason"]
     keys.append("reason")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in keys})
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in keys})
+    files.atomic_write_text(path, buffer.getvalue())
     return path
 
 
@@ -256,9 +256,7 @@ def write_json(path, value) -> Path:
         The path written.
     """
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
+    files.atomic_write_text(path, json.dumps(value, indent=1, default=str))
     return path
 
 
