@@ -18,8 +18,7 @@ BN_MOMENTUM = 0.9
 #: keras.applications' ResNet epsilon; kcnn uses it everywhere so weights port without a numeric shift.
 BN_EPSILON = 1.001e-5
 
-NORMS = (None, "batch")
-HEADS = ("dense", "gap", "conv")
+from kcnn.options import HEADS, NORMS  # noqa: E402,F401  (their home is kcnn.options)
 POOLINGS = (None, "avg", "max")
 
 

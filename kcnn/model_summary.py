@@ -10,6 +10,7 @@ follow the recurrence of `kcnn.arithmetic.receptive_field`, applied per spatial 
 import math
 from typing import NamedTuple
 
+from kcnn import _compat
 from kcnn.arithmetic import _rf_step
 
 __all__ = ["count_macs", "summary"]
@@ -178,7 +179,7 @@ class _Walker:
 
     def _is_graph_model(self, operation):
         return isinstance(operation, self.keras.Sequential) or (
-            isinstance(operation, self.keras.Model) and hasattr(operation, "_nodes_by_depth")
+            isinstance(operation, self.keras.Model) and _compat.keras_is_functional(operation)
         )
 
     def _params(self, operation):
@@ -217,7 +218,7 @@ class _Walker:
         """Appends rows for ``model`` and returns (output specs, output spans)."""
         if isinstance(model, self.keras.Sequential):
             if top:
-                input_layer = model.inputs[0]._keras_history[0]
+                input_layer = _compat.keras_history(model.inputs[0])[0]
                 in_spans = self._row(input_layer, prefix, [], [], in_specs)
             specs, spans = in_specs, in_spans
             for layer in model.layers:
@@ -226,8 +227,9 @@ class _Walker:
 
         spec_dict = {id(t): s for t, s in zip(model.inputs, in_specs)}
         span_dict = {id(t): s for t, s in zip(model.inputs, in_spans)}
-        for depth in sorted(model._nodes_by_depth, reverse=True):
-            for node in model._nodes_by_depth[depth]:
+        nodes = _compat.keras_nodes_by_depth(model)
+        for depth in sorted(nodes, reverse=True):
+            for node in nodes[depth]:
                 operation = node.operation
                 if node.is_input:
                     if top:
@@ -262,7 +264,7 @@ def _model_rows(model, input_shape):
     import keras
 
     if not isinstance(model, keras.Model) or not (
-        isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
+        isinstance(model, keras.Sequential) or _compat.keras_is_functional(model)
     ):
         raise ValueError(
             "`model` must be a functional or Sequential keras.Model (a subclassed model has no layer graph "

@@ -158,11 +158,9 @@ def _jit(value: bool | None):
     if value is None:
         yield
         return
-    from unittest import mock
-
     from kcnn import _compat
 
-    with mock.patch.object(_compat.keras_trainer_class(), "_resolve_auto_jit_compile", lambda self: value):
+    with _compat.keras_auto_jit(value):
         yield
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from kcnn import options
 from recipes import _cli, _job, _toolbox
 
 #: Training presets. he2015: He et al. 2015, section 4.2 (CIFAR): SGD momentum 0.9, weight decay 1e-4, batch 128,
@@ -48,10 +49,11 @@ class TrainConfig(_toolbox.Toolbox):
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: the preset's)"})
     image_size: int = field(default=32, metadata={"help": "side in pixels"})
     augment: str | None = _cli.augment_field(None, "default: the preset's")
-    norm: str = field(default="batch", metadata={"help": "batch | none", "choices": ["batch", "none"]})
+    norm: str = field(default="batch", metadata={"help": "batch | none",
+                                                 "choices": [n or "none" for n in reversed(options.NORMS)]})
     class_weight: str = field(default="none", metadata={"help": "none | balanced (weights each training image by "
                                                         "n / (classes x its class's count))",
-                                                        "choices": ["none", "balanced"]})
+                                                        "choices": list(options.CLASS_WEIGHTS)})
     out: str | None = field(default=None, metadata={"help": "run folder (default runs/train-<time>)"})
     resume: bool = field(default=False, metadata={"help": "continue the interrupted run in --out"})
     overwrite: bool = field(default=False, metadata={"help": "replace the kcnn run in --out (never another "
@@ -70,7 +72,6 @@ def check(cfg: TrainConfig) -> None:
 
     preset = PRESETS[cfg.preset]
     batch_size = cfg.batch_size or preset["batch_size"]
-    augment = cfg.augment or preset["augment"]
     for name, value in (("epochs", cfg.epochs), ("batch-size", batch_size), ("image-size", cfg.image_size)):
         if value is not None and value < 1:
             raise _cli.UsageError(f"--{name} must be >= 1; got {value}")

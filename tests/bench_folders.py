@@ -35,6 +35,10 @@ BATCH = 32
 CLASSES = 10
 
 
+def _size(folder) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
+
+
 def make_folder(root: str, n: int) -> None:
     """``n`` 256x256 JPEGs of smooth random colour fields with some noise, in ``CLASSES`` class folders."""
     import numpy as np
@@ -125,7 +129,7 @@ def main() -> None:
             t0 = time.perf_counter()
             make_folder(folders[n], n)
             print(f"generated {n} JPEGs in {time.perf_counter() - t0:.0f}s "
-                  f"({sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folders[n]) for f in fs) / 2**20:.0f} MiB)",
+                  f"({_size(folders[n]) / 2**20:.0f} MiB)",
                   flush=True)
         results: dict[str, list[dict]] = {}
 

@@ -83,7 +83,8 @@ def test_the_anchor_rules_as_kcnn_schedules():
 
     # fastai fine_tune: 1 frozen epoch, then everything at half the rate, blocks a tenth each, as long as auto
     frozen, unfrozen = transfer.rule_schedule("fastai", 50, 32)
-    assert (frozen.epochs, frozen.train, frozen.lr, frozen.schedule, frozen.warmup) == (1, "head", 2e-3, "onecycle", 0.99)
+    assert (frozen.epochs, frozen.train, frozen.lr, frozen.schedule, frozen.warmup) == \
+        (1, "head", 2e-3, "onecycle", 0.99)
     assert (unfrozen.epochs, unfrozen.lr, unfrozen.lr_mult, unfrozen.warmup) == (99, 1e-3, 0.1, 0.3)
     assert frozen.optimizer == unfrozen.optimizer == "adamw" and frozen.weight_decay == 0.01
     # BiT-HyperRule below 20k images: warm-up 100 steps, tenfold drops at 200/300/400, end at 500 (2 steps an epoch)

@@ -11,6 +11,8 @@ import contextlib
 
 import keras
 import numpy as np
+
+from kcnn import _compat
 from keras import layers
 
 # Activations that act on each value separately, so they commute with flattening.
@@ -457,14 +459,14 @@ def _copy_weights(src, dst, rebuild=None):
 def _graph_of(model, path, what):
     """The functional graph behind ``model`` (a Sequential keeps one once it knows its input shape)."""
     if isinstance(model, keras.Sequential):
-        graph = getattr(model, "_functional", None)
+        graph = _compat.keras_sequential_graph(model)
         if graph is None:
             raise ValueError(
                 f"{what} cannot convert the Sequential model '{path}': it has no input shape yet. "
                 "Start it with keras.Input(shape=...) or call model.build(input_shape) first"
             )
         return graph
-    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
+    if not _compat.keras_is_functional(model) or not getattr(model, "inputs", None):
         raise ValueError(
             f"{what} cannot convert layer '{path}' ({type(model).__name__}): it is a subclassed model whose "
             "layers cannot be seen from outside; build it with the functional API or Sequential"
@@ -474,12 +476,13 @@ def _graph_of(model, path, what):
 
 def _nodes_in_order(graph):
     """The nodes of a functional graph, inputs first."""
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
+    nodes = _compat.keras_nodes_by_depth(graph)
+    for depth in sorted(nodes, reverse=True):
+        for node in nodes[depth]:
             if node.operation is not None and not node.is_input:
                 yield node
 
 
 def _input_name(tensor):
-    history = getattr(tensor, "_keras_history", None)
+    history = _compat.keras_history(tensor)
     return history.operation.name if history is not None and history.operation is not None else None

@@ -318,32 +318,21 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
         with synchronized_batch_norm(model) if sync else contextlib.nullcontext(), _exposed_optimizer(model):
             for plan in plans:
                 phase, number = plan.phase, plan.number
-                record = transfer.phase_record(plan, skipped=plan.end <= initial_epoch)
-                history.phases.append(record)
-                if plan.end <= initial_epoch:
-                    continue
-                first = plan.first_epoch(initial_epoch)
-                started = time.perf_counter()
-                multipliers = transfer.prepare_phase(model, backbone, plan)
-                runner, restore = transfer.phase_runner(model, backbone, plan, bn_momentum)
-                try:
+                with transfer.PhaseRun(plan, model, backbone, history, count=len(plans), steps=steps,
+                                       initial_epoch=initial_epoch, resume_state=resume_state,
+                                       verbose=chief_prints, on_phase_end=on_phase_end) as run:
+                    if run.skipped:
+                        continue
+                    runner, run.bn_restore = transfer.phase_runner(model, backbone, plan, bn_momentum)
                     variables = runner.trainable_variables
-                    record["trainable_params"] = int(sum(np.prod(v.shape) for v in variables))
-                    restoring = first > plan.start and transfer.checkpoint_phase(resume_state) == number
-                    offset = 0 if restoring else (first - plan.start) * steps
-                    rate = transfer.phase_rate(phase, steps, offset=offset)
-                    opt = transfer.make_optimizer(phase, rate, multipliers)
+                    opt = run.optimizer()
                     opt.build(variables)
                     model.optimizer = opt  # callbacks read it (TensorBoard logs its learning rate)
-                    if restoring:
-                        transfer.restore_optimizer_state(opt, resume_state)
+                    run.restore_optimizer(variables)
                     train_step = eval_step = None
-                    if chief_prints:
-                        print(transfer.phase_header(number, len(plans), phase, plan.start, plan.end, first,
-                                                    multipliers, False), flush=True)
+                    run.header(cached=False)
                     model.stop_training = False
-                    origin = plan.start if restoring else first
-                    for epoch in range(first, plan.end):
+                    for epoch in range(run.first, plan.end):
                         epoch_started = time.perf_counter()
                         for callback in callbacks:
                             callback.on_epoch_begin(epoch, {})
@@ -364,10 +353,9 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                                 scores = _run_epoch(eval_step, dist_val, classes)
                             logs.update({f"val_{k}": v for k, v in scores.items()})
                         row = {"epoch": epoch + 1, "phase": number, "phase_name": phase.name,
-                               "lr": _phase_lr(rate, epoch, origin, steps), **logs}
+                               "lr": _phase_lr(run.rate, epoch, run.origin, steps), **logs}
                         history.epochs.append(row)
-                        record["epochs_run"] += 1
-                        record["seconds"] = time.perf_counter() - started
+                        run.epoch_done()
                         if chief_prints:
                             metrics = ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
                             print(f"epoch {epoch + 1}/{total}: {metrics} "
@@ -379,16 +367,6 @@ def fit_distributed(model: keras.Model, train_ds, val_ds=None, *, strategy=None,
                             callback.on_epoch_end(epoch, dict(logs))
                         if getattr(model, "stop_training", False):
                             break
-                    transfer.copy_average(opt)  # the phase's result is its weight average
-                finally:
-                    for layer, momentum in restore.items():
-                        layer.momentum = momentum
-                record["seconds"] = time.perf_counter() - started
-                if chief_prints:
-                    ran = history.epochs[len(history.epochs) - record["epochs_run"]:]
-                    print(transfer.phase_summary(number, len(plans), phase, record, ran), flush=True)
-                if on_phase_end is not None:
-                    on_phase_end(number, phase, history)
         for callback in callbacks:
             callback.on_train_end({})
     return history

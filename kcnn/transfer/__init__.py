@@ -99,7 +99,8 @@ from kcnn.transfer.losses import Accuracy, CrossEntropy, MacroF1, TopKAccuracy, 
 from kcnn.transfer.datasets import EpochData, as_dataset, steps_per_epoch
 from kcnn.transfer.feature_cache import FEATURE_CACHE_LIMIT_BYTES
 from kcnn.transfer.history import ScheduleHistory, phase_header, phase_record, phase_summary
-from kcnn.transfer.plan import (Diverged, PhasePlan, TrainView, check_finite, check_initial_epoch, make_plan,
+from kcnn.transfer.plan import (Diverged, PhasePlan, PhaseRun, TrainView, check_finite, check_initial_epoch,
+                                make_plan,
                                 phase_runner, prepare_phase, set_bn_momentum)
 from kcnn.transfer.state import (checkpoint_phase, restore_model_state, restore_optimizer_state,
                                  training_state)
@@ -115,8 +116,13 @@ __all__ = [
     # the phase plan and the training state both engines share (kcnn.distribute runs the custom loop)
     "as_dataset", "steps_per_epoch", "EpochData", "phase_rate", "phase_header", "phase_summary",
     "phase_record", "split_model", "TrainView", "set_bn_momentum", "PhasePlan", "make_plan", "phase_runner",
-    "prepare_phase", "check_initial_epoch", "training_state", "restore_model_state", "restore_optimizer_state",
+    "prepare_phase", "PhaseRun", "check_initial_epoch", "training_state", "restore_model_state",
+    "restore_optimizer_state",
     "checkpoint_phase", "Diverged", "check_finite",
     # the loss and metrics (integer or soft labels), the weight average
     "CrossEntropy", "Accuracy", "TopKAccuracy", "MacroF1", "metrics_for", "averaged_weights", "copy_average",
+    # constants: names, preprocessing, schedule choices, checkpoint files, the default loss
+    "KCNN", "KERAS", "CAFFE_MEAN_BGR", "TORCH_MEAN", "TORCH_STD", "BN_MODES", "LR_SCHEDULES", "OPTIMIZERS",
+    "PHASE_FIELDS", "CHECKPOINT_META", "CHECKPOINT_MODEL", "CHECKPOINT_VERSION", "FEATURE_CACHE_LIMIT_BYTES",
+    "LOSS", "METRICS",
 ]

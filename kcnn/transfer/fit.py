@@ -1,7 +1,6 @@
 """`fit_schedule`: runs the phase plan of a schedule on a `classifier` with Keras' ``fit``, one call per epoch."""
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import keras
@@ -15,11 +14,10 @@ from kcnn.transfer.backbones import Backbone
 from kcnn.transfer.blocks import split_model
 from kcnn.transfer.datasets import EpochData
 from kcnn.transfer.feature_cache import _FeatureCache
-from kcnn.transfer.history import ScheduleHistory, _Recorder, phase_header, phase_summary, phase_record
+from kcnn.transfer.history import ScheduleHistory, _Recorder
 from kcnn.transfer.losses import CrossEntropy, metrics_for
-from kcnn.transfer.optim import averaged_weights, copy_average, make_optimizer, phase_rate
-from kcnn.transfer.plan import check_finite, check_initial_epoch, make_plan, phase_runner, prepare_phase, sublayers
-from kcnn.transfer.state import checkpoint_phase, restore_optimizer_state
+from kcnn.transfer.optim import averaged_weights, make_optimizer
+from kcnn.transfer.plan import PhaseRun, check_finite, check_initial_epoch, make_plan, phase_runner, sublayers
 
 
 LOSS = "sparse_categorical_crossentropy"  # what a phase without label smoothing computes (`CrossEntropy`)
@@ -192,101 +190,83 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     count = len(plans)
     last_phase = plans[-1].phase
     for plan in plans:
-        phase, number, start, end = plan.phase, plan.number, plan.start, plan.end
-        record = phase_record(plan, skipped=end <= initial_epoch)
-        history.phases.append(record)
-        if end <= initial_epoch:
-            continue
-        first = plan.first_epoch(initial_epoch)
-        multipliers = prepare_phase(model, backbone, plan)
-        record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-        restoring = first > start and checkpoint_phase(resume_state) == number
-        # a restored optimizer carries the schedule's position in its iteration count
-        rate = phase_rate(phase, data.steps, offset=0 if restoring else (first - start) * data.steps)
-        use_cache = (feature_cache and plan.head_only and augmented is not True
-                     and (phase.bn == "frozen" or not stochastic_body))
-        if use_cache:
-            if data.keyed:
-                record["cache_seconds"] = cache.fill_fixed(data.fixed(), data.val, verbose)
+        phase, number, end = plan.phase, plan.number, plan.end
+        with PhaseRun(plan, model, backbone, history, count=count, steps=data.steps, initial_epoch=initial_epoch,
+                      resume_state=resume_state, verbose=bool(verbose), on_phase_end=on_phase_end) as run:
+            if run.skipped:
+                continue
+            record, first = run.record, run.first
+            use_cache = (feature_cache and plan.head_only and augmented is not True
+                         and (phase.bn == "frozen" or not stochastic_body))
+            if use_cache:
+                if data.keyed:
+                    record["cache_seconds"] = cache.fill_fixed(data.fixed(), data.val, verbose)
+                else:
+                    record["cache_seconds"] = cache.fill(data.epoch(first), data.val, augmented, verbose)
+                use_cache = cache.ready
+            record["cached"] = bool(use_cache)
+            run.header(use_cache)
+            if use_cache:
+                runner, fit_val = cache.runner(), cache.val_dataset()
+                epochs_data = ((lambda a, b: cache.epochs_dataset(data.seed, a, b)) if data.keyed
+                               else (lambda a, b: cache.train_dataset()))
             else:
-                record["cache_seconds"] = cache.fill(data.epoch(first), data.val, augmented, verbose)
-            use_cache = cache.ready
-        record["cached"] = bool(use_cache)
-        if verbose:
-            print(phase_header(number, count, phase, start, end, first, multipliers, use_cache), flush=True)
-        restore = {}
-        if use_cache:
-            runner, fit_val = cache.runner(), cache.val_dataset()
-            epochs_data = ((lambda a, b: cache.epochs_dataset(data.seed, a, b)) if data.keyed
-                           else (lambda a, b: cache.train_dataset()))
-        else:
-            runner, restore = phase_runner(model, backbone, plan, bn_momentum)
-            if resident_val is None:
-                resident_val = [resident(data.val) if data.keyed and data.steps < LONG_EPOCH_STEPS else data.val]
-            fit_val = resident_val[0]
-            epochs_data = data.epochs
-        # keyed data: short epochs run as one fit over the phase (see fit_segments); a plain dataset is one fit
-        # per epoch, as Keras iterates it (its length may be unknown)
-        segments = fit_segments(first, end, data.steps if data.keyed else LONG_EPOCH_STEPS)
-        execution = (segment_execution(data.steps, steps_per_execution) if len(segments) == 1 and end - first > 1
-                     else steps_per_execution)
-        optimizer = make_optimizer(phase, rate, multipliers)
-        loss = CrossEntropy(phase.label_smoothing)
-        runner.compile(optimizer=optimizer, loss=loss, metrics=metrics_for(classes), steps_per_execution=execution)
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics_for(classes))  # what callbacks see
-        if restoring:
-            optimizer.build(runner.trainable_variables)
-            restore_optimizer_state(optimizer, resume_state)
-        recorder = _Recorder(history, number, phase, rate, first if not restoring else start, data.steps)
-        progress = _Progress(verbose, data.steps, execution, first, end, schedule_total=plans[-1].end)
+                runner, run.bn_restore = phase_runner(model, backbone, plan, bn_momentum)
+                if resident_val is None:
+                    resident_val = [resident(data.val) if data.keyed and data.steps < LONG_EPOCH_STEPS
+                                    else data.val]
+                fit_val = resident_val[0]
+                epochs_data = data.epochs
+            # keyed data: short epochs run as one fit over the phase (see fit_segments); a plain dataset is one
+            # fit per epoch, as Keras iterates it (its length may be unknown)
+            segments = fit_segments(first, end, data.steps if data.keyed else LONG_EPOCH_STEPS)
+            execution = (segment_execution(data.steps, steps_per_execution)
+                         if len(segments) == 1 and end - first > 1 else steps_per_execution)
+            optimizer = run.optimizer()
+            loss = CrossEntropy(phase.label_smoothing)
+            runner.compile(optimizer=optimizer, loss=loss, metrics=metrics_for(classes),
+                           steps_per_execution=execution)
+            model.compile(optimizer=optimizer, loss=loss, metrics=metrics_for(classes))  # what callbacks see
+            run.restore_optimizer(runner.trainable_variables)
+            recorder = _Recorder(history, number, phase, run.rate, run.origin, data.steps)
+            progress = _Progress(verbose, data.steps, execution, first, end, schedule_total=plans[-1].end)
+            validate_at = {e for e in range(first + 1, end + 1) if e % validation_freq == 0 or e == end}
 
-        def epoch_end(number=number, optimizer=optimizer, progress=progress, runner=runner, fit_val=fit_val,
-                      record=record):
-            row = history.epochs[-1]
-            if phase.ema and fit_val is not None and row["epoch"] in validate_at:
-                with averaged_weights(optimizer):  # the average is what is validated
-                    scores = runner.evaluate(fit_val, verbose=0, return_dict=True)
-                row.update({f"val_{k}": float(v) for k, v in scores.items()})
-            progress.epoch_done(row)
-            check_finite(row)
-            record["epochs_run"] = len(history.epochs) - before
-            record["seconds"] = time.perf_counter() - started
-            if on_epoch_end is not None:
-                return on_epoch_end(row, model, optimizer, number)
-            return False
+            def epoch_end(number=number, optimizer=optimizer, progress=progress, runner=runner, fit_val=fit_val,
+                          run=run, validate_at=validate_at):
+                row = history.epochs[-1]
+                if phase.ema and fit_val is not None and row["epoch"] in validate_at:
+                    with averaged_weights(optimizer):  # the average is what is validated
+                        scores = runner.evaluate(fit_val, verbose=0, return_dict=True)
+                    row.update({f"val_{k}": float(v) for k, v in scores.items()})
+                progress.epoch_done(row)
+                check_finite(row)
+                run.epoch_done()
+                if on_epoch_end is not None:
+                    return on_epoch_end(row, model, optimizer, number)
+                return False
 
-        validate_at = {e for e in range(first + 1, end + 1) if e % validation_freq == 0 or e == end}
-        started, before = time.perf_counter(), len(history.epochs)
-        model.stop_training = False
-        for callback in pinned:
-            callback.begin_phase(data.steps)
-        try:
-            for a, b in segments:
-                # keyed data: epochs a..b-1 back to back, each exactly data.steps batches
-                validated = [e for e in range(a + 1, b + 1) if e in validate_at]
-                # with a weight average, epoch_end validates the average instead of Keras validating the weights
-                runner.fit(epochs_data(a, b), validation_data=None if phase.ema else fit_val, initial_epoch=a,
-                           epochs=b,
-                           steps_per_epoch=data.steps, validation_freq=validated,
-                           verbose=progress.fit_verbose, shuffle=False,
-                           callbacks=[recorder, *progress.callbacks(), *pinned, _EpochEnd(epoch_end, model)])
-                if getattr(model, "stop_training", False):
-                    break
-            copy_average(optimizer)  # the phase's result is its weight average
-        finally:
-            progress.close()
-            for layer, momentum in restore.items():
-                layer.momentum = momentum
+            run.start_clock()
+            model.stop_training = False
             for callback in pinned:
-                callback.end_phase()
-        record["seconds"] = time.perf_counter() - started
-        record["epochs_run"] = len(history.epochs) - before
+                callback.begin_phase(data.steps)
+            try:
+                for a, b in segments:
+                    # keyed data: epochs a..b-1 back to back, each exactly data.steps batches
+                    validated = [e for e in range(a + 1, b + 1) if e in validate_at]
+                    # with a weight average, epoch_end validates the average instead of Keras the weights
+                    runner.fit(epochs_data(a, b), validation_data=None if phase.ema else fit_val, initial_epoch=a,
+                               epochs=b, steps_per_epoch=data.steps, validation_freq=validated,
+                               verbose=progress.fit_verbose, shuffle=False,
+                               callbacks=[recorder, *progress.callbacks(), *pinned, _EpochEnd(epoch_end, model)])
+                    if getattr(model, "stop_training", False):
+                        break
+            finally:
+                progress.close()
+                for callback in pinned:
+                    callback.end_phase()
         if plan.blocks or phase.bn == "train":
             cache.invalidate()
-        if verbose:
-            print(phase_summary(number, count, phase, record, history.epochs[before:]), flush=True)
-        if on_phase_end is not None:
-            on_phase_end(number, phase, history)
         last_phase = phase
     model.compile(optimizer=make_optimizer(last_phase), loss=CrossEntropy(last_phase.label_smoothing),
                   metrics=metrics_for(classes), steps_per_execution=steps_per_execution)

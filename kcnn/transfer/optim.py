@@ -11,6 +11,7 @@ import math
 import keras
 from keras import ops
 
+from kcnn import _compat
 from kcnn.transfer.schedule import Phase
 
 
@@ -102,8 +103,8 @@ class _LayerwiseRates:
 
     def build(self, variables):
         super().build(variables)
-        self._multiplier_by_key = {self._var_key(v): self.lr_multipliers[v.path] for v in variables
-                                   if getattr(v, "path", None) in self.lr_multipliers}
+        self._multiplier_by_key = {_compat.keras_variable_key(self, v): self.lr_multipliers[v.path]
+                                   for v in variables if getattr(v, "path", None) in self.lr_multipliers}
         if self.average_decay:
             self.averaged = list(variables)
             self.averages = [self.add_variable_from_reference(v, name="average") for v in variables]
@@ -170,7 +171,7 @@ class _LayerwiseRates:
         pass  # the average is copied by kcnn at a phase's end, not at the end of every fit call
 
     def update_step(self, gradient, variable, learning_rate):
-        multiplier = self._multiplier_by_key.get(self._var_key(variable), 1.0)
+        multiplier = self._multiplier_by_key.get(_compat.keras_variable_key(self, variable), 1.0)
         if multiplier != 1.0:
             learning_rate = ops.multiply(learning_rate, multiplier)
         return super().update_step(gradient, variable, learning_rate)

@@ -8,6 +8,8 @@ learning-rate multipliers and the BN momentum to restore afterwards.
 """
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import keras
@@ -164,3 +166,111 @@ def phase_runner(model, backbone, plan: PhasePlan, bn_momentum: float | None = k
     runner = TrainView(pre, body, head, body_training=plan.phase.bn == "train")
     restore = set_bn_momentum(body, bn_momentum) if plan.phase.bn == "train" else {}
     return runner, restore
+
+
+class PhaseRun:
+    """One phase's set-up and tear-down, shared by both engines; each engine keeps only its epoch loop.
+
+    On entry: the phase's record is appended to ``history.phases``; a phase that ended by ``initial_epoch`` is
+    ``skipped`` (the engine ``continue``s); otherwise the trainability is set (`prepare_phase`), and the first
+    epoch, the per-block multipliers, whether the optimizer is restored from ``resume_state`` and the learning
+    rate (`kcnn.transfer.optim.phase_rate`: a restored optimizer carries the schedule's position) are known.
+    The engine makes its runner, calls `optimizer` (then `restore_optimizer` once it is built), `header`, and
+    `epoch_done` after each epoch. On a normal exit the weight average is copied into the model (its result),
+    and the record's time and epoch count are final, the summary is printed and ``on_phase_end`` called; on
+    any exit the BN momenta in ``bn_restore`` are put back.
+
+    Example:
+        >>> for plan in plans:
+        ...     with PhaseRun(plan, model, backbone, history, count=len(plans), steps=steps) as run:
+        ...         if run.skipped:
+        ...             continue
+        ...         runner, run.bn_restore = phase_runner(model, backbone, plan)
+        ...         optimizer = run.optimizer()
+        ...         ...  # the engine's epochs; run.epoch_done() after each
+    """
+
+    def __init__(self, plan: PhasePlan, model, backbone, history, *, count: int, steps: int,
+                 initial_epoch: int = 0, resume_state: dict | None = None, verbose: bool = True,
+                 on_phase_end=None):
+        self.plan, self.model, self.backbone, self.history = plan, model, backbone, history
+        self.count, self.steps, self.initial_epoch, self.resume_state = count, steps, initial_epoch, resume_state
+        self.verbose, self.on_phase_end = verbose, on_phase_end
+        self.phase, self.number = plan.phase, plan.number
+        self.bn_restore: dict = {}
+        self._optimizer = None
+
+    def __enter__(self) -> "PhaseRun":
+        from kcnn.transfer.history import phase_record
+        from kcnn.transfer.optim import phase_rate
+        from kcnn.transfer.state import checkpoint_phase
+
+        plan = self.plan
+        self.skipped = plan.end <= self.initial_epoch
+        self.record = phase_record(plan, skipped=self.skipped)
+        self.history.phases.append(self.record)
+        if self.skipped:
+            return self
+        self.first = plan.first_epoch(self.initial_epoch)
+        self.multipliers = prepare_phase(self.model, self.backbone, plan)
+        self.record["trainable_params"] = int(sum(math.prod(v.shape) for v in self.model.trainable_variables))
+        self.restoring = self.first > plan.start and checkpoint_phase(self.resume_state) == self.number
+        self.rate = phase_rate(self.phase, self.steps,
+                               offset=0 if self.restoring else (self.first - plan.start) * self.steps)
+        #: the epoch the rate schedule counts from (a restored optimizer: the phase's start)
+        self.origin = plan.start if self.restoring else self.first
+        self.start_clock()
+        return self
+
+    def start_clock(self) -> None:
+        """Count the phase's seconds from now (the feature cache's fill is counted apart)."""
+        self.started, self.before = time.perf_counter(), len(self.history.epochs)
+
+    def optimizer(self):
+        """The phase's optimizer: `kcnn.transfer.make_optimizer` with its rate and the block multipliers."""
+        from kcnn.transfer.optim import make_optimizer
+
+        self._optimizer = make_optimizer(self.phase, self.rate, self.multipliers)
+        return self._optimizer
+
+    def restore_optimizer(self, variables) -> None:
+        """When the phase resumes from ``resume_state``: build the optimizer on ``variables`` (if not yet built)
+        and load its slots and iteration count."""
+        from kcnn.transfer.state import restore_optimizer_state
+
+        if self.restoring:
+            if not self._optimizer.built:
+                self._optimizer.build(variables)
+            restore_optimizer_state(self._optimizer, self.resume_state)
+
+    def header(self, cached: bool = False) -> None:
+        from kcnn.transfer.history import phase_header
+
+        if self.verbose:
+            print(phase_header(self.number, self.count, self.phase, self.plan.start, self.plan.end, self.first,
+                               self.multipliers, cached), flush=True)
+
+    def epoch_done(self) -> None:
+        """After each epoch's history row: the record's epoch count and seconds so far."""
+        self.record["epochs_run"] = len(self.history.epochs) - self.before
+        self.record["seconds"] = time.perf_counter() - self.started
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.skipped:
+            return False
+        for layer, momentum in self.bn_restore.items():
+            layer.momentum = momentum
+        if exc_type is not None:
+            return False
+        from kcnn.transfer.history import phase_summary
+        from kcnn.transfer.optim import copy_average
+
+        if self._optimizer is not None:
+            copy_average(self._optimizer)  # the phase's result is its weight average
+        self.epoch_done()
+        if self.verbose:
+            print(phase_summary(self.number, self.count, self.phase, self.record,
+                                self.history.epochs[self.before:]), flush=True)
+        if self.on_phase_end is not None:
+            self.on_phase_end(self.number, self.phase, self.history)
+        return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from kcnn.options import SCHEDULE_RULES
 from kcnn.transfer.schedule import Phase, Schedule
 
 #: The rule behind ``auto_schedule`` (BiT's HyperRule in spirit: the length follows the training set's size):
@@ -94,8 +95,9 @@ def bit_schedule(train_examples: int, batch_size: int) -> Schedule:
     phases = [Phase(epochs=first, train="all", lr=BIT_LR, optimizer="sgd", momentum=0.9, bn="train",
                     warmup=warmup, name="bit1")]
     for k, (start, end) in enumerate(zip([first, *rest], rest), start=1):
-        phases.append(Phase(epochs=end - start, train="all", lr=float(f"{BIT_LR / 10 ** k:.6g}"), optimizer="sgd", momentum=0.9,
-                            bn="train", name=f"bit{k + 1}"))
+        lr = float(f"{BIT_LR / 10 ** k:.6g}")  # 3e-4, not 0.00030000000000000003
+        phases.append(Phase(epochs=end - start, train="all", lr=lr, optimizer="sgd", momentum=0.9, bn="train",
+                            name=f"bit{k + 1}"))
     return Schedule(phases)
 
 
@@ -114,7 +116,7 @@ def keras_guide_schedule(train_examples: int, batch_size: int) -> Schedule:
 
 
 #: Schedule rules by name: ``recipes.finetune --schedule NAME`` computes the schedule from the training set.
-RULES = {"auto": auto_schedule, "fastai": fastai_schedule, "bit": bit_schedule, "keras-guide": keras_guide_schedule}
+RULES = dict(zip(SCHEDULE_RULES, (auto_schedule, fastai_schedule, bit_schedule, keras_guide_schedule)))
 
 
 def rule_schedule(name: str, train_examples: int, batch_size: int) -> Schedule:

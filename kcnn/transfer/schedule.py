@@ -65,7 +65,8 @@ class Phase:
         weight_decay: Decoupled weight decay (biases and BN parameters excluded).
         momentum: SGD momentum.
         nesterov: Nesterov momentum (SGD).
-        label_smoothing: In [0, 1): cross-entropy against targets smoothed toward uniform (`kcnn.transfer.CrossEntropy`).
+        label_smoothing: In [0, 1): cross-entropy against targets smoothed toward uniform
+            (`kcnn.transfer.CrossEntropy`).
         ema: Decay of an exponential moving average of the trained weights (e.g. 0.999; 0: off). The average is what
             is validated during the phase and what the model holds after it; it is part of every checkpoint.
         ema_warmup: Ramp the EMA decay up as ``min(ema, (1 + t) / (10 + t))`` at update ``t`` (timm's warm-up), so

@@ -272,7 +272,7 @@ class HyperCNN(kt.HyperModel):
                                  lambda: hp.Choice("shortcut", ["A", "B"], default="A"))
             if value is not None and family in SHORTCUT_FAMILIES:
                 options["shortcut"] = value
-        head = hp.Choice("head", ["gap", "dense", "conv"], default="gap")
+        head = hp.Choice("head", ["gap", "dense", "conv"], default="gap")  # the order is part of the search space
         units = int(hp.Choice("fc_units", [0, 128, 512], default=0))
         dropout = _conditional(hp, "dropout", "fc_units", units, [128, 512],
                                lambda: hp.Choice("dropout", [0.0, 0.25, 0.5], default=0.0))
