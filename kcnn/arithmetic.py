@@ -292,7 +292,7 @@ class ReceptiveField(NamedTuple):
     jump: int
 
 
-def _rf_step(rf, jump, kernel, stride, dilation):
+def rf_step(rf, jump, kernel, stride, dilation):
     """One application of ``r_out = r_in + (k - 1) d j_in``, ``j_out = j_in s``."""
     return rf + (kernel - 1) * dilation * jump, jump * stride
 
@@ -349,5 +349,5 @@ def receptive_field(layers, size=1, jump=1):
         kernel = _check_int(f"layers[{i}] kernel", kernel, 1)
         stride = _check_int(f"layers[{i}] stride", stride, 1)
         dilation = _check_int(f"layers[{i}] dilation", dilation, 1)
-        rf, jump = _rf_step(rf, jump, kernel, stride, dilation)
+        rf, jump = rf_step(rf, jump, kernel, stride, dilation)
     return ReceptiveField(rf, jump)

@@ -419,13 +419,13 @@ def preflight(model, backbone, splits, schedule, *, image_size=None, skip=()) ->
     return [run[name]() for name in CHECKS if name not in skip]
 
 
-def _short(value) -> str:
+def short_name(value) -> str:
     if isinstance(value, float):
         return "inf" if math.isinf(value) else f"{value:.3g}"
     if isinstance(value, dict):
         if len(value) > 6:
             return f"{len(value)} entries"
-        return "{" + ", ".join(f"{k} {_short(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k} {short_name(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "x".join(str(v) for v in value)
     return str(value)
@@ -435,7 +435,7 @@ def format_checks(checks) -> str:
     """The checks as a short list, one line each: status, name, the numbers, and the advice when not ok."""
     lines = []
     for check in checks:
-        numbers = ", ".join(f"{k} {_short(v)}" for k, v in check["numbers"].items() if v is not None)
+        numbers = ", ".join(f"{k} {short_name(v)}" for k, v in check["numbers"].items() if v is not None)
         if len(numbers) > 110:
             numbers = numbers[:107] + "..."
         line = f"{check['status'].upper():4}  {check['name']:<18} {numbers}"

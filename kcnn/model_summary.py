@@ -11,7 +11,7 @@ import math
 from typing import NamedTuple
 
 from kcnn import _compat
-from kcnn.arithmetic import _rf_step
+from kcnn.arithmetic import rf_step
 
 __all__ = ["count_macs", "summary"]
 
@@ -96,7 +96,7 @@ def _next_span(layer, classes, in_shapes, in_spans, out_shape):
         else:
             kernels, strides, dilations = layer.kernel_size, layer.strides, layer.dilation_rate
         steps = [
-            _rf_step(r, j, k, s, d)
+            rf_step(r, j, k, s, d)
             for r, j, k, s, d in zip(span.rf, span.jump, kernels, strides, dilations)
         ]
         return _Span(tuple(r for r, _ in steps), tuple(j for _, j in steps))

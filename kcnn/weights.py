@@ -95,13 +95,13 @@ def load_into(model: keras.Model, weights, arch: str, include_top: bool = True) 
     except Exception as first:
         legacy_h5 = path.endswith((".h5", ".hdf5")) and not path.endswith(".weights.h5")
         if not legacy_h5:
-            raise WeightsError(f"Weights file {path} does not fit {arch}: {_short(first)}") from None
+            raise WeightsError(f"Weights file {path} does not fit {arch}: {short_name(first)}") from None
         try:  # e.g. a notop file into a model with a new top: match layers by name
             model.load_weights(path, by_name=True)
         except Exception as err:
-            raise WeightsError(f"Weights file {path} does not fit {arch}: {_short(err)}") from None
+            raise WeightsError(f"Weights file {path} does not fit {arch}: {short_name(err)}") from None
         if not _any_layer_in_file(model, path):
-            raise WeightsError(f"Weights file {path} shares no layer names with {arch}: {_short(first)}")
+            raise WeightsError(f"Weights file {path} shares no layer names with {arch}: {short_name(first)}")
     return model
 
 
@@ -114,6 +114,6 @@ def _any_layer_in_file(model, path) -> bool:
     return any(layer.name in names for layer in model.layers if layer.weights)
 
 
-def _short(err: Exception) -> str:
+def short_name(err: Exception) -> str:
     text = " ".join(str(err).split())
     return text if len(text) < 300 else text[:297] + "..."

@@ -292,7 +292,7 @@ def _debug() -> bool:
     return os.environ.get("KCNN_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _one_line(err: BaseException, limit: int = 500) -> str:
+def one_line(err: BaseException, limit: int = 500) -> str:
     text = " ".join(str(err).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
@@ -343,7 +343,7 @@ def _write_traceback(err: BaseException, config, prog: str, argv) -> str:
 
 def internal_error(err: BaseException, config, prog: str, argv) -> int:
     """Report a bug of kcnn: one line naming the exception and where its traceback is; exit code 1."""
-    what = f"{type(err).__name__}: {_one_line(err)}" if str(err).strip() else type(err).__name__
+    what = f"{type(err).__name__}: {one_line(err)}" if str(err).strip() else type(err).__name__
     if _debug():
         traceback.print_exception(err, file=sys.stderr)
         where = "the traceback is above"
@@ -375,5 +375,5 @@ def run(main_fn: Callable, config_cls, argv, prog: str, description: str, positi
             return internal_error(err, config, prog, argv)
         if _debug():
             traceback.print_exception(err, file=sys.stderr)
-        print(f"error: {_one_line(err, limit=10_000) or type(err).__name__}", file=sys.stderr)
+        print(f"error: {one_line(err, limit=10_000) or type(err).__name__}", file=sys.stderr)
         return EXIT_USAGE

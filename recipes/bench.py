@@ -133,7 +133,7 @@ def _twin(bench_torch, arch):
     return twin
 
 
-def _amp(mixed_precision: str) -> str:
+def amp_policy(mixed_precision: str) -> str:
     return {"auto": "auto", "float32": "none", "mixed_float16": "float16",
             "mixed_bfloat16": "bfloat16"}[mixed_precision]
 
@@ -142,7 +142,7 @@ def _torch_reference(cfg, arch, batch_size, image_size):
     bench_torch = _bench_torch()
     return bench_torch, bench_torch.Reference(_twin(bench_torch, arch), batch_size, image_size, cfg.classes,
                                               seed=cfg.seed, device=cfg.torch_device,
-                                              amp=_amp(cfg.mixed_precision), train=cfg.train)
+                                              amp=amp_policy(cfg.mixed_precision), train=cfg.train)
 
 
 def _load() -> list[float]:

@@ -46,9 +46,9 @@ def worker_commands(cfg, arch: str, batch_size: int, image_size: int, twin: str)
         from kcnn import perf
 
         precision = perf.auto_precision("cpu")
-    from recipes.bench import _amp
+    from recipes.bench import amp_policy
 
-    amp = _amp(precision)
+    amp = amp_policy(precision)
     torch = [sys.executable, "-m", "recipes.bench_torch", "--model", twin, *common,
              "--device", cfg.torch_device, "--amp", amp]
     return {"kcnn": kcnn, "torch": torch}

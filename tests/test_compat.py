@@ -127,3 +127,20 @@ def test_the_keras_graph_accessors_see_a_functional_model():
     with _compat.keras_auto_jit(True):
         assert model._resolve_auto_jit_compile() is True
     assert trainer.__dict__["_resolve_auto_jit_compile"] is before
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A leading underscore means 'used only in this module': `from kcnn.x import _y` anywhere else is refused.
+    Package-private modules (``kcnn._compat``, ``recipes._cli``, ...) are modules, not names, and may be imported."""
+    modules = set()
+    for p in [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]:
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        modules.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    found = []
+    for path in [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("kcnn", "recipes"):
+                found += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")
+                          and f"{node.module}.{a.name}" not in modules]
+    assert found == []

@@ -27,7 +27,7 @@ class Interrupt:
     def __init__(self, monkeypatch, kind, epoch):
         self.kind, self.epoch, self.fired = kind, epoch, False
         real_checkpoint, real_write = runs.RunDir.checkpoint, runs.atomic_write_bytes
-        real_epoch_end = transfer_history._Recorder.on_epoch_end
+        real_epoch_end = transfer_history.EpochRecorder.on_epoch_end
         interrupt = self
 
         def checkpoint(run, row, arrays=None, **kwargs):
@@ -48,7 +48,7 @@ class Interrupt:
 
         monkeypatch.setattr(runs.RunDir, "checkpoint", checkpoint)
         monkeypatch.setattr(runs, "atomic_write_bytes", write)
-        monkeypatch.setattr(transfer_history._Recorder, "on_epoch_end", on_epoch_end)
+        monkeypatch.setattr(transfer_history.EpochRecorder, "on_epoch_end", on_epoch_end)
 
     def maybe(self, kind, epoch):
         if kind == self.kind and epoch == self.epoch and not self.fired:
@@ -254,7 +254,7 @@ def test_sigterm_stops_like_ctrl_c_exits_143_and_resumes_bit_identical(tmp_path,
     args = [*FINETUNE, "--augment", "standard", "--no-compare-scratch"]
     reference = straight(finetune.main, args)
     out = tmp_path / "run"
-    real_epoch_end = transfer_history._Recorder.on_epoch_end
+    real_epoch_end = transfer_history.EpochRecorder.on_epoch_end
 
     def on_epoch_end(recorder, epoch, logs=None):
         real_epoch_end(recorder, epoch, logs)
@@ -262,7 +262,7 @@ def test_sigterm_stops_like_ctrl_c_exits_143_and_resumes_bit_identical(tmp_path,
             os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread: the handler raises here
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(transfer_history._Recorder, "on_epoch_end", on_epoch_end)
+    monkeypatch.setattr(transfer_history.EpochRecorder, "on_epoch_end", on_epoch_end)
     assert finetune.main([*args, "--out", str(out)]) == 143
     monkeypatch.undo()
     err = capsys.readouterr().err.strip().splitlines()

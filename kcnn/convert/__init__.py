@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from kcnn.convert._rebuild import _copy_weights, _graph_of, _Rebuild, _Value
+from kcnn.convert._rebuild import copy_weights, graph_of, GraphRebuild, GraphValue
 
 __all__ = ["dense_to_conv", "pool_to_conv", "copy_dense_head_to_conv", "fc_as_conv_demo", "POOL_INITS"]
 
@@ -90,14 +90,14 @@ def dense_to_conv(model: keras.Model) -> keras.Model:
     Sermanet et al., "OverFeat", 2014.
     """
     _check_model(model, "dense_to_conv")
-    graph = _graph_of(model, model.name, "dense_to_conv")
+    graph = graph_of(model, model.name, "dense_to_conv")
     specs = []
     for x in graph.inputs:
         shape = tuple(x.shape)
         if len(shape) == 4:
             shape = (shape[0], None, None, shape[3])
-        specs.append((shape, x.dtype, _Value(None, free=len(shape) >= 3)))
-    rebuild = _Rebuild(dense=True)
+        specs.append((shape, x.dtype, GraphValue(None, free=len(shape) >= 3)))
+    rebuild = GraphRebuild(dense=True)
     rebuild.has_image = any(len(shape) == 4 for shape, _, _ in specs)
     new, _ = rebuild.model(model, specs, top=True)
     return new
@@ -141,9 +141,9 @@ def pool_to_conv(model: keras.Model, init: str = "random", seed: int | None = No
     _check_model(model, "pool_to_conv")
     if init not in POOL_INITS:
         raise ValueError(f"`init` must be one of {list(POOL_INITS)}. Received: init={init!r}")
-    graph = _graph_of(model, model.name, "pool_to_conv")
-    specs = [(tuple(x.shape), x.dtype, _Value(None)) for x in graph.inputs]
-    new, _ = _Rebuild(pool_init=init, seed=seed).model(model, specs, top=True)
+    graph = graph_of(model, model.name, "pool_to_conv")
+    specs = [(tuple(x.shape), x.dtype, GraphValue(None)) for x in graph.inputs]
+    new, _ = GraphRebuild(pool_init=init, seed=seed).model(model, specs, top=True)
     return new
 
 
@@ -184,7 +184,7 @@ def copy_dense_head_to_conv(dense_model: keras.Model, conv_model: keras.Model) -
             raise ValueError(f"copy_dense_head_to_conv: layer '{layer.name}' of '{conv_model.name}' has no "
                              f"counterpart in '{dense_model.name}'")
         try:
-            _copy_weights(sources[name], layer)
+            copy_weights(sources[name], layer)
         except ValueError as err:
             raise ValueError(f"copy_dense_head_to_conv: layer '{layer.name}': {err}") from None
         used.add(name)

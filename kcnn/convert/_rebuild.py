@@ -1,6 +1,6 @@
 """The graph-rebuild engine behind `kcnn.convert.dense_to_conv` and `kcnn.convert.pool_to_conv`.
 
-`_Rebuild` walks a model's graph node by node: every layer that is not replaced is cloned from its config
+`GraphRebuild` walks a model's graph node by node: every layer that is not replaced is cloned from its config
 (``layer.__class__.from_config(layer.get_config())``) and keeps its name, weights and trainable flag; a replaced
 layer keeps the old layer's name. Nested functional / Sequential models are rebuilt the same way and stay
 nested. The original model is left untouched, and the new model is not compiled.
@@ -34,7 +34,7 @@ _POOL_LAYERS = (layers.MaxPooling2D, layers.AveragePooling2D)
 _PLAIN, _FLAT, _MAP, _POOLED = "plain", "flat", "map", "pooled"
 
 
-class _Value:
+class GraphValue:
     """What one tensor of the original graph became in the rebuilt graph.
 
     kinds:
@@ -62,11 +62,11 @@ class _Value:
 
     def like(self, tensor):
         """The same kind of value for another tensor (after an element-wise layer, a nested model, ...)."""
-        return _Value(tensor, self.kind, free=self.free, flat_shape=self.flat_shape, pool=self.pool,
+        return GraphValue(tensor, self.kind, free=self.free, flat_shape=self.flat_shape, pool=self.pool,
                       source=self.source)
 
 
-class _Rebuild:
+class GraphRebuild:
     """Rebuilds a model's graph, replacing Flatten/Dense heads (``dense``) or pooling layers (``pool_init``).
 
     Layers are cloned once per original layer (a shared layer stays shared) and their weights copied right
@@ -92,14 +92,14 @@ class _Rebuild:
 
         Args:
             model: A functional or Sequential model.
-            specs: One ``(batch_shape, dtype, template _Value)`` per model input.
+            specs: One ``(batch_shape, dtype, template GraphValue)`` per model input.
             prefix: Path of the model inside its parents (``"outer/"``), for error messages.
             top: Whether this is the model passed by the user (its outputs must be finished tensors).
 
         Returns:
-            (new model, one _Value per model output, holding the new model's output tensors).
+            (new model, one GraphValue per model output, holding the new model's output tensors).
         """
-        graph = _graph_of(model, prefix[:-1] if prefix else model.name, self.what)
+        graph = graph_of(model, prefix[:-1] if prefix else model.name, self.what)
         inputs, table = [], {}
         for original, (batch_shape, dtype, template) in zip(graph.inputs, specs):
             tensor = keras.Input(batch_shape=batch_shape, dtype=dtype, name=_input_name(original))
@@ -180,7 +180,7 @@ class _Rebuild:
             return [self.dense_layer(node, name, op, ins[0], calls)]
         if (isinstance(op, layers.GlobalAveragePooling2D) and ins[0].kind == _PLAIN
                 and len(node.outputs[0].shape) == 2 and op.data_format == "channels_last"):
-            return [_Value(ins[0].tensor, _POOLED, pool=self.clone(name, op), source=name)]
+            return [GraphValue(ins[0].tensor, _POOLED, pool=self.clone(name, op), source=name)]
         kinds = {v.kind for v in ins}
         if kinds == {_PLAIN}:
             return self.plain(node, op, self.clone(name, op), ins, calls)
@@ -204,14 +204,14 @@ class _Rebuild:
                                   "the last axis alone (supported: activations, dropout/noise, batch/layer "
                                   "norm, Softmax, PReLU, element-wise merges, Concatenate on the last axis)")
             new = self.clone(name, op, config=config)
-            return [_Value(t, _MAP) for t in self.call_generic(node, op, new, ins, calls)]
+            return [GraphValue(t, _MAP) for t in self.call_generic(node, op, new, ins, calls)]
         ins = [self.materialize(v, calls) for v in ins]
         return self.plain(node, op, self.clone(name, op), ins, calls)
 
     def plain(self, node, op, new, ins, calls):
         outs = self.call_generic(node, op, new, ins, calls)
         free = any(v.free for v in ins)
-        return [_Value(t, free=free or len(x.shape) >= 3) for t, x in zip(outs, node.outputs)]
+        return [GraphValue(t, free=free or len(x.shape) >= 3) for t, x in zip(outs, node.outputs)]
 
     def flatten(self, node, name, op, value, calls):
         rank = len(node.input_tensors[0].shape)
@@ -230,7 +230,7 @@ class _Rebuild:
             raise self.refuse(name, op, f"its input has an unknown spatial size {shape}, so no kernel size "
                               "can be derived for the Dense after it; build the model with a fixed "
                               "input_shape")
-        return _Value(value.tensor, _FLAT, flat_shape=shape, source=name)
+        return GraphValue(value.tensor, _FLAT, flat_shape=shape, source=name)
 
     def dense_layer(self, node, name, op, value, calls):
         if value.kind == _PLAIN:
@@ -244,7 +244,7 @@ class _Rebuild:
         if value.kind in (_FLAT, _MAP):
             size = value.flat_shape[:2] if value.kind == _FLAT else (1, 1)
             conv = self.replacement(name, op, ("conv", size), lambda: _dense_conv(op, size))
-            return _Value(self.call(conv, None, [value], calls, copy_from=op)[0], _MAP)
+            return GraphValue(self.call(conv, None, [value], calls, copy_from=op)[0], _MAP)
         # pooled: W . mean(x) + b == mean(W . x + b), so the Dense moves before the pooling and its
         # activation (which does not commute with the mean) after it.
         if op.activity_regularizer is not None:  # it would see the map, not the vector: keep the Dense
@@ -252,20 +252,20 @@ class _Rebuild:
         conv = self.replacement(name, op, ("conv", (1, 1), _POOLED),
                                 lambda: _dense_conv(op, (1, 1), activation="linear"))
         scores = self.call(conv, None, [value], calls, copy_from=op)[0]
-        out = self.call(value.pool, None, [_Value(scores)], calls)[0]
+        out = self.call(value.pool, None, [GraphValue(scores)], calls)[0]
         activation = op.get_config()["activation"]
         if activation not in ("linear", None):
             act = self.replacement(name, op, ("activation",), lambda: layers.Activation(
                 activation, name=f"{op.name}_activation", dtype=op.dtype_policy))
-            out = self.call(act, None, [_Value(out)], calls)[0]
-        return _Value(out)
+            out = self.call(act, None, [GraphValue(out)], calls)[0]
+        return GraphValue(out)
 
     def materialize(self, value, calls):
         """Apply a deferred global average pooling (once); other values pass unchanged."""
         if value.kind != _POOLED:
             return value
         if value._pooled is None:
-            value._pooled = _Value(self.call(value.pool, None, [value], calls)[0])
+            value._pooled = GraphValue(self.call(value.pool, None, [value], calls)[0])
         return value._pooled
 
     # ------------------------------------------------------------------------------------ pool_to_conv
@@ -292,7 +292,7 @@ class _Rebuild:
             kernel[:, :, np.arange(channels), np.arange(channels)] = 1.0 / (kh * kw)
             conv.kernel.assign(kernel)
             conv.bias.assign(np.zeros(channels, dtype="float32"))
-        return _Value(out)
+        return GraphValue(out)
 
     # ----------------------------------------------------------------------------------------- helpers
     def clone(self, name, op, config=None):
@@ -343,7 +343,7 @@ class _Rebuild:
         with _zeros_init(new) if first and cheap else contextlib.nullcontext():
             outputs = new(*args, **kwargs)
         if first and copy_from is not None:
-            _copy_weights(copy_from, new, self)
+            copy_weights(copy_from, new, self)
         if isinstance(new, layers.Layer):
             calls.append(new)
         return keras.tree.flatten(outputs)
@@ -435,7 +435,7 @@ def _zeros_init(layer):
             object.__setattr__(layer, k, v)
 
 
-def _copy_weights(src, dst, rebuild=None):
+def copy_weights(src, dst, rebuild=None):
     """Copy ``src``'s weights into ``dst`` one variable at a time, reshaping where the shapes differ.
 
     The values never go through numpy: with TensorFlow the new variable shares the old one's buffer until
@@ -456,7 +456,7 @@ def _copy_weights(src, dst, rebuild=None):
 
 
 # -------------------------------------------------------------------------------------------------- graphs
-def _graph_of(model, path, what):
+def graph_of(model, path, what):
     """The functional graph behind ``model`` (a Sequential keeps one once it knows its input shape)."""
     if isinstance(model, keras.Sequential):
         graph = _compat.keras_sequential_graph(model)

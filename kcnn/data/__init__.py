@@ -38,19 +38,19 @@ import numpy as np
 
 from kcnn.data.augment import DEFAULT_MAGNITUDE, MAGNITUDE_MAX, RAND_OPS, Mixing
 from kcnn.data.errors import (
-    AUGMENTS, IMAGE_EXTENSIONS, SPLITS, DataError, DataNotFoundError, _augment_magnitude, _augment_name,
-    _erase_probability, _image_size, _positive_int,
+    AUGMENTS, IMAGE_EXTENSIONS, SPLITS, DataError, DataNotFoundError, check_augment_magnitude, check_augment_name,
+    check_erase_probability, valid_image_size, check_positive_int,
 )
 from kcnn.data.glyphs import (
-    GLYPH_CLASSES, GLYPHS_DEFAULT_EXAMPLES, GlyphBank, _digits_parts, _glyphs_parts, glyph_bank, make_glyphs,
+    GLYPH_CLASSES, GLYPHS_DEFAULT_EXAMPLES, GlyphBank, digits_parts, glyphs_parts, glyph_bank, make_glyphs,
     render_counts,
 )
-from kcnn.data.arrays import _array_parts
-from kcnn.data.folders import FOLDER_MEMORY_BYTES, _folder_parts
-from kcnn.data.keras_datasets import KERAS_DATASETS, _keras_parts
+from kcnn.data.arrays import array_parts
+from kcnn.data.folders import FOLDER_MEMORY_BYTES, folder_parts
+from kcnn.data.keras_datasets import KERAS_DATASETS, keras_parts
 from kcnn.data.pipeline import balanced_class_weights
-from kcnn.data.splits import CLASS_WEIGHTS, Splits, _subset_part, class_weight_mode, mixing_value
-from kcnn.data.tfds import _tfds_parts
+from kcnn.data.splits import CLASS_WEIGHTS, Splits, subset_part, class_weight_mode, mixing_value
+from kcnn.data.tfds import tfds_parts
 
 __all__ = [
     "AUGMENTS", "CLASS_WEIGHTS", "DEFAULT_MAGNITUDE", "DataError", "DataNotFoundError", "FOLDER_MEMORY_BYTES",
@@ -153,8 +153,8 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
         >>> images.shape, images.dtype.name, labels.dtype.name
         (TensorShape([20, 32, 32, 3]), 'float32', 'int32')
     """
-    size = _image_size(image_size)
-    batch_size = _positive_int("batch_size", batch_size)
+    size = valid_image_size(image_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
@@ -164,17 +164,17 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int. Received: seed={seed!r}")
     seed = int(seed)
-    augment = _augment_name(augment)
+    augment = check_augment_name(augment)
     class_weight = class_weight_mode(class_weight)
-    augment_magnitude = _augment_magnitude(augment_magnitude)
-    erase = _erase_probability(erase)
+    augment_magnitude = check_augment_magnitude(augment_magnitude)
+    erase = check_erase_probability(erase)
     mixing = mixing_value(mixing)
     if not isinstance(cache, (bool, str, os.PathLike)):
         raise ValueError(f"`cache` must be True, False or a file path prefix. Received: cache={cache!r}")
     if limit is not None:
-        limit = _positive_int("limit", limit)
+        limit = check_positive_int("limit", limit)
     if per_class is not None:
-        per_class = _positive_int("per_class", per_class)
+        per_class = check_positive_int("per_class", per_class)
     if limit is not None and per_class is not None:
         raise ValueError(f"Give `limit` or `per_class`, not both. "
                          f"Received: limit={limit}, per_class={per_class}")
@@ -190,7 +190,7 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
                          f"Received: class_names={list(class_names)[:5]}")
     label = _source_label(source)
     if kind == "digits":
-        names, parts = _digits_parts(size, fractions, seed)
+        names, parts = digits_parts(size, fractions, seed)
     elif kind == "glyphs":
         count, chars = arg
         if num_examples is not None:
@@ -198,19 +198,19 @@ def load(source, *, image_size, batch_size: int = 32, val_fraction: float = 0.1,
                 raise ValueError(f"The source string and `num_examples` disagree. "
                                  f"Received: source={source!r}, num_examples={num_examples}")
             count = num_examples
-        count = _positive_int("num_examples", count or GLYPHS_DEFAULT_EXAMPLES)
-        names, parts = _glyphs_parts(size, fractions, seed, count, chars, label)
+        count = check_positive_int("num_examples", count or GLYPHS_DEFAULT_EXAMPLES)
+        names, parts = glyphs_parts(size, fractions, seed, count, chars, label)
     elif kind == "arrays":
-        names, parts = _array_parts(arg, class_names, size, fractions, seed)
+        names, parts = array_parts(arg, class_names, size, fractions, seed)
     elif kind == "folder":
-        names, parts, skipped = _folder_parts(arg, size, fractions, seed, cache)
+        names, parts, skipped = folder_parts(arg, size, fractions, seed, cache)
     elif kind == "keras":  # the dataset's own test split: test_fraction does not apply
-        names, parts = _keras_parts(arg[0], size, val_fraction, seed, label, classes=arg[1])
+        names, parts = keras_parts(arg[0], size, val_fraction, seed, label, classes=arg[1])
     else:
         tfds_cache = True if cache == "memory" else cache  # tfds caches in memory with True
-        names, parts = _tfds_parts(arg, size, fractions, seed, tfds_cache, data_dir, limit, per_class)
+        names, parts = tfds_parts(arg, size, fractions, seed, tfds_cache, data_dir, limit, per_class)
     if kind != "tfds" and (limit is not None or per_class is not None):
-        parts["train"] = _subset_part(parts["train"], names, seed, limit, per_class)
+        parts["train"] = subset_part(parts["train"], names, seed, limit, per_class)
     if parts["train"].num_examples == 0:
         raise DataError(f"No training examples are left for source {label!r}; lower "
                         f"val_fraction/test_fraction. Received: val_fraction={val_fraction}, "
@@ -248,7 +248,7 @@ def pipeline_throughput(splits: Splits, *, steps: int = 100, warmup: int = 5, sp
         >>> pipeline_throughput(splits, steps=20) > 0
         True
     """
-    steps = _positive_int("steps", steps)
+    steps = check_positive_int("steps", steps)
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; choose one of {list(SPLITS)}. Received: split={split!r}")
     if splits.num_examples[split] == 0:

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcnn.data.errors import DataError
-from kcnn.data.splits import _memory_parts
+from kcnn.data.splits import memory_parts
 
 
 def _to_rgb_array(x: np.ndarray, size, what: str) -> np.ndarray:
@@ -41,7 +41,7 @@ def _non_finite_images(x: np.ndarray) -> np.ndarray:
     return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
 
-def _array_parts(source, class_names, size, fractions, seed):
+def array_parts(source, class_names, size, fractions, seed):
     x, y = (np.asarray(a) for a in source)
     if len(x) != len(y):
         raise DataError(f"x and y differ in length: {len(x)} images, {len(y)} labels.")
@@ -68,8 +68,8 @@ def _array_parts(source, class_names, size, fractions, seed):
     if np.issubdtype(x.dtype, np.floating) and 0 < float(np.max(x)) <= 1.0:
         warnings.warn("kcnn.data: the (x, y) images are all <= 1.0; kcnn expects values in [0, 255] and uses "
                       "them as given. Multiply by 255 if they were scaled to [0, 1].", stacklevel=3)
-    return class_names, _memory_parts(images, y.astype(np.int32), fractions, seed, _as_float, "arrays")
+    return class_names, memory_parts(images, y.astype(np.int32), fractions, seed, as_float, "arrays")
 
 
-def _as_float(x: tf.Tensor) -> tf.Tensor:
+def as_float(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.float32)

@@ -22,13 +22,13 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """The data are not where kcnn looked: a missing folder, or a tfds dataset that is not prepared."""
 
 
-def _positive_int(name: str, value) -> int:
+def check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
     return int(value)
 
 
-def _image_size(image_size) -> tuple[int, int]:
+def valid_image_size(image_size) -> tuple[int, int]:
     size = image_size
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = (size, size)
@@ -39,7 +39,7 @@ def _image_size(image_size) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _augment_name(augment) -> str | None:
+def check_augment_name(augment) -> str | None:
     if augment is None or augment == "none":
         return None
     if augment == "standard-noflip":
@@ -58,9 +58,9 @@ def _number_in(name: str, value, low: float, high: float, what: str) -> float:
     return float(value)
 
 
-def _augment_magnitude(value) -> float:
+def check_augment_magnitude(value) -> float:
     return _number_in("augment_magnitude", value, 0, 10, "a number (RandAugment's magnitude M)")
 
 
-def _erase_probability(value) -> float:
+def check_erase_probability(value) -> float:
     return _number_in("erase", value, 0, 1, "a probability (per image, of a randomly erased rectangle)")

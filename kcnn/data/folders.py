@@ -47,10 +47,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from kcnn.data.arrays import _as_float
+from kcnn.data.arrays import as_float
 from kcnn.data.errors import IMAGE_EXTENSIONS, SPLITS, DataError, DataNotFoundError
-from kcnn.data.pipeline import _index_dataset, _MemoryPart, _Part
-from kcnn.data.splits import _carve, _carved_sizes, _split_indices
+from kcnn.data.pipeline import index_dataset, MemoryPart, Part
+from kcnn.data.splits import carve_split, carve_sizes, stratified_indices
 
 #: A split whose decoded images (uint8, ``n * height * width * 3`` bytes) take at most this many bytes is
 #: decoded into memory when first used, if ``cache`` is ``True`` or ``"memory"``; larger ones stream.
@@ -290,7 +290,7 @@ class _FileStore:
 # One split's files
 # ---------------------------------------------------------------------------------------------------------
 
-class _FilePart(_Part):
+class _FilePart(Part):
     """One split's image files with labels: decoded into memory once (small splits) or in the pipeline."""
 
     def __init__(self, paths, y, sizes, mtimes, decoders, image_size, cache, skipped: list, split: str,
@@ -300,7 +300,7 @@ class _FilePart(_Part):
         self.decoders = np.asarray(decoders, np.int32)
         self.image_size, self.cache, self.split, self.source = tuple(image_size), cache, split, source
         self.skipped, self.num_examples = skipped, len(self.y)
-        self._memory: _MemoryPart | None = None
+        self._memory: MemoryPart | None = None
         self._store = None
         self._prepared = False
         self._graph = None
@@ -473,14 +473,14 @@ class _FilePart(_Part):
                 .interleave(_plain(decode), cycle_length=2, num_parallel_calls=2, deterministic=True)
                 .map(_plain(keep)))
 
-    def _memory_part(self) -> _MemoryPart:
+    def _memory_part(self) -> MemoryPart:
         if self._memory is None:
             x = np.zeros((self.num_examples,) + self.image_size + (3,), np.uint8)
             start = 0
             for images, _ in self._images(tf.data.Dataset.range(self.num_examples), 64):
                 x[start:start + len(images)] = images.numpy()
                 start += len(images)
-            self._memory = _MemoryPart(x, self.y, _as_float)
+            self._memory = MemoryPart(x, self.y, as_float)
         return self._memory
 
     def _prepare_stream(self) -> None:
@@ -499,8 +499,8 @@ class _FilePart(_Part):
             return self._memory_part().batches(batch_size, shuffle_seed, epoch, shard)
         self._prepare_stream()
         labels = self._tensors()["labels"]
-        images = self._images(_index_dataset(self.num_examples, shuffle_seed, epoch, shard), batch_size)
-        return images.map(_plain(lambda x, i: (_as_float(x), tf.gather(labels, i))),
+        images = self._images(index_dataset(self.num_examples, shuffle_seed, epoch, shard), batch_size)
+        return images.map(_plain(lambda x, i: (as_float(x), tf.gather(labels, i))),
                           num_parallel_calls=tf.data.AUTOTUNE)
 
     def numpy(self):
@@ -519,7 +519,7 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _folder_parts(root: Path, size, fractions, seed, cache=True):
+def folder_parts(root: Path, size, fractions, seed, cache=True):
     if not root.exists():
         raise DataNotFoundError(f"Data folder {str(root)!r} does not exist. Give a folder of class "
                                 f"sub-folders (or of train/ val/ test/ split folders). "
@@ -591,20 +591,20 @@ def _folder_parts(root: Path, size, fractions, seed, cache=True):
                       f"{', '.join(empty)}", stacklevel=3)
     train = read["train"]
     if not split_layout:
-        index = _split_indices(train.y, fractions, seed, str(root))
+        index = stratified_indices(train.y, fractions, seed, str(root))
         return class_names, {s: train.take(index[s], s) for s in SPLITS}, skipped
     for split in ("val", "test"):
         if split in read and read[split].num_examples == 0:
             raise DataError(f"The {split} folder {str(given[split])!r} has no decodable images of the "
                             f"train classes {class_names}; add some, or remove the folder to carve the "
                             f"{split} split from train.")
-    sizes = _carved_sizes(train.num_examples, fractions, len(class_names), str(root),
+    sizes = carve_sizes(train.num_examples, fractions, len(class_names), str(root),
                           splits=[s for s in ("val", "test") if s not in read])
     keep = np.arange(train.num_examples)
-    parts: dict[str, _Part] = {}
+    parts: dict[str, Part] = {}
     for salt, split in enumerate(("val", "test"), start=3):
         if split not in read:
-            keep_rel, carved_rel = _carve(train.y[keep], sizes[split], seed, salt)
+            keep_rel, carved_rel = carve_split(train.y[keep], sizes[split], seed, salt)
             parts[split] = train.take(keep[carved_rel], split)
             keep = keep[keep_rel]
         else:

@@ -12,8 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from kcnn.data.errors import DataError, _image_size, _positive_int
-from kcnn.data.splits import _memory_parts
+from kcnn.data.errors import DataError, valid_image_size, check_positive_int
+from kcnn.data.splits import memory_parts
 
 #: The glyphs drawn by the "glyphs" source unless the source string names others.
 GLYPH_CLASSES = "0123456789"
@@ -39,14 +39,14 @@ def render_counts(counts, image_size, *, max_count: int = 16) -> tf.Tensor:
         >>> float(render_counts(np.full((1, 8, 8), 16, np.uint8), 32).numpy().max())
         255.0
     """
-    size = _image_size(image_size)
+    size = valid_image_size(image_size)
     x = tf.cast(counts, tf.float32)[..., None] * (255.0 / max_count)
     if tuple(x.shape[1:3]) != size:
         x = tf.clip_by_value(tf.image.resize(x, size, method="bilinear"), 0.0, 255.0)
     return tf.repeat(x, 3, axis=-1)
 
 
-def _digits_parts(size, fractions, seed, source="digits"):
+def digits_parts(size, fractions, seed, source="digits"):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -54,12 +54,12 @@ def _digits_parts(size, fractions, seed, source="digits"):
     labels = digits.target.astype(np.int32)
     names = [str(n) for n in digits.target_names]
     render = functools.partial(render_counts, image_size=size)
-    return names, _memory_parts(counts, labels, fractions, seed, render, source)
+    return names, memory_parts(counts, labels, fractions, seed, render, source)
 
 
-def _glyphs_parts(size, fractions, seed, count, chars, source="glyphs"):
+def glyphs_parts(size, fractions, seed, count, chars, source="glyphs"):
     counts, labels = make_glyphs(count, seed=seed, classes=chars)
-    return list(chars), _memory_parts(counts, labels, fractions, seed,
+    return list(chars), memory_parts(counts, labels, fractions, seed,
                                       functools.partial(render_counts, image_size=size), source)
 
 
@@ -243,7 +243,7 @@ def make_glyphs(num_examples: int, *, seed: int = 0, classes: str = GLYPH_CLASSE
         >>> counts.shape, int(counts.max()) <= 16, np.bincount(labels).tolist()
         ((100, 8, 8), True, [10, 10, 10, 10, 10, 10, 10, 10, 10, 10])
     """
-    num_examples = _positive_int("num_examples", num_examples)
+    num_examples = check_positive_int("num_examples", num_examples)
     masks, points, font, pen = _glyph_bank(classes)
     rng = np.random.default_rng([seed, 0])
     n = num_examples

@@ -35,8 +35,8 @@ import tensorflow as tf
 
 from kcnn import files as kfiles
 from kcnn.data.errors import DataError, DataNotFoundError
-from kcnn.data.pipeline import _MemoryPart
-from kcnn.data.splits import _carve, _carved_sizes
+from kcnn.data.pipeline import MemoryPart
+from kcnn.data.splits import carve_split, carve_sizes
 
 #: The source names (also accepted as ``"keras:NAME"``).
 KERAS_DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
@@ -89,8 +89,8 @@ def keras_datasets_dir() -> Path:
     return Path(os.path.expanduser(home)) / "datasets"
 
 
-def _keras_parts(name: str, size, val_fraction: float, seed: int, label: str, classes=None):
-    """Class names and train / val / test :class:`_MemoryPart`s of one Keras dataset.
+def keras_parts(name: str, size, val_fraction: float, seed: int, label: str, classes=None):
+    """Class names and train / val / test :class:`MemoryPart`s of one Keras dataset.
 
     Test is the dataset's test split; val a seeded stratified ``val_fraction`` of its train split, carved
     as from a folder that has ``train/`` and ``test/`` but no ``val/``. ``classes``: keep only these class
@@ -125,14 +125,14 @@ def _keras_parts(name: str, size, val_fraction: float, seed: int, label: str, cl
         x_train, x_test = x_train[train_keep], x_test[test_keep]
         y_train = np.array([order[int(c)] for c in y_train[train_keep]], y_train.dtype)
         y_test = np.array([order[int(c)] for c in y_test[test_keep]], y_test.dtype)
-    render = _grey_to_rgb if x_train.shape[-1] == 1 else _as_float
+    render = _grey_to_rgb if x_train.shape[-1] == 1 else as_float
     x_train, x_test = _fit(x_train, size), _fit(x_test, size)
     n_classes = len(np.unique(y_train))
-    n_val = _carved_sizes(len(y_train), (val_fraction, 0), n_classes, label, splits=["val"])["val"]
-    keep, val = _carve(y_train, n_val, seed, 3)
-    return list(names), {"train": _MemoryPart(x_train[keep], y_train[keep], render),
-                         "val": _MemoryPart(x_train[val], y_train[val], render),
-                         "test": _MemoryPart(x_test, y_test, render)}
+    n_val = carve_sizes(len(y_train), (val_fraction, 0), n_classes, label, splits=["val"])["val"]
+    keep, val = carve_split(y_train, n_val, seed, 3)
+    return list(names), {"train": MemoryPart(x_train[keep], y_train[keep], render),
+                         "val": MemoryPart(x_train[val], y_train[val], render),
+                         "test": MemoryPart(x_test, y_test, render)}
 
 
 def _fit(x: np.ndarray, size) -> np.ndarray:
@@ -146,7 +146,7 @@ def _fit(x: np.ndarray, size) -> np.ndarray:
     return out
 
 
-def _as_float(x: tf.Tensor) -> tf.Tensor:
+def as_float(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.float32)
 
 

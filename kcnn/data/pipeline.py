@@ -12,7 +12,7 @@ Two ways to shuffle and augment the training split:
   A tfds stream is shuffled in a buffer by ``Dataset.shuffle`` seeded from ``(seed, E)``, which TensorFlow
   combines with its global seed (set or unset), so for tfds the order also depends on that.
 
-In-memory and file-backed parts (:class:`_MemoryPart`, ``kcnn.data.folders._FilePart``) shuffle example
+In-memory and file-backed parts (:class:`MemoryPart`, ``kcnn.data.folders._FilePart``) shuffle example
 *indices*, so their order needs no buffer, and can be sharded: ``shard=(index, count)`` gives worker
 ``index`` the examples ``index, index + count, ...`` of the split (a fixed set of files per worker), shuffled
 per epoch; a shard one example short of ``ceil(n / count)`` repeats its epoch's first example, so every shard
@@ -52,7 +52,7 @@ def _epoch_key(seed: int, salt: int, epoch) -> tf.Tensor:
                                                     tf.cast(epoch, tf.int64))
 
 
-def _shard_value(shard) -> tuple[int, int] | None:
+def shard_value(shard) -> tuple[int, int] | None:
     """``None`` or a checked ``(index, count)`` with ``0 <= index < count``."""
     if shard is None:
         return None
@@ -65,18 +65,18 @@ def _shard_value(shard) -> tuple[int, int] | None:
     return int(shard[0]), int(shard[1])
 
 
-def _shard_size(num_examples: int, shard) -> int:
+def shard_size_of(num_examples: int, shard) -> int:
     """Examples per epoch of one shard: ``ceil(num_examples / count)`` (all of them without a shard)."""
     return num_examples if shard is None else -(-num_examples // shard[1])
 
 
-def _index_dataset(num_examples: int, shuffle_seed: int | None, epoch, shard) -> tf.data.Dataset:
+def index_dataset(num_examples: int, shuffle_seed: int | None, epoch, shard) -> tf.data.Dataset:
     """Example indices of one pass: in order, or shuffled (per ``epoch`` when given), one shard of them."""
     if shard is None:
         own = tf.range(num_examples, dtype=tf.int64)
     else:
         own = tf.range(shard[0], num_examples, shard[1], dtype=tf.int64)
-    size = _shard_size(num_examples, shard)
+    size = shard_size_of(num_examples, shard)
     if shuffle_seed is not None and epoch is not None:
         key = _epoch_key(shuffle_seed, _EPOCH_SHUFFLE_SALT, epoch)
         if shard is not None:
@@ -98,7 +98,7 @@ def _pad_one(index: tf.data.Dataset) -> tf.data.Dataset:
     return index.batch(2**31 - 1).map(lambda v: tf.concat([v, v[:1]], 0)).unbatch()
 
 
-class _Part:
+class Part:
     """One split's examples, before batching. Subclasses hold them in memory, in files or as a tfds stream."""
 
     num_examples: int
@@ -109,7 +109,7 @@ class _Part:
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError  # pragma: no cover
 
-    def take(self, keep: np.ndarray) -> "_Part":
+    def take(self, keep: np.ndarray) -> "Part":
         raise NotImplementedError  # pragma: no cover
 
     def labels(self) -> np.ndarray:
@@ -118,7 +118,7 @@ class _Part:
         return np.asarray(y, np.int32) if y is not None else np.asarray(self.numpy()[1], np.int32)
 
 
-class _MemoryPart(_Part):
+class MemoryPart(Part):
     """Examples held as numpy arrays; batches are gathered by index, then ``render`` makes float32 images."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, render: Callable[[tf.Tensor], tf.Tensor]):
@@ -131,7 +131,7 @@ class _MemoryPart(_Part):
             self._tensors = (tf.constant(self.x), tf.constant(self.y))
         x, y = self._tensors
         render = self.render
-        index = _index_dataset(self.num_examples, shuffle_seed, epoch, shard)
+        index = index_dataset(self.num_examples, shuffle_seed, epoch, shard)
         return index.batch(batch_size).map(lambda i: (render(tf.gather(x, i)), tf.gather(y, i)),
                                            num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -143,10 +143,10 @@ class _MemoryPart(_Part):
         return np.concatenate(chunks), self.y
 
     def take(self, keep):
-        return _MemoryPart(self.x[keep], self.y[keep], self.render)
+        return MemoryPart(self.x[keep], self.y[keep], self.render)
 
 
-class _StreamPart(_Part):
+class StreamPart(Part):
     """Examples read by ``tf.data`` (tfds): uint8 images already at the output size, cached after decoding."""
 
     def __init__(self, ds: tf.data.Dataset, num_examples: int, image_size, cache):
@@ -217,10 +217,10 @@ def _with_weights(ds: tf.data.Dataset, weights) -> tf.data.Dataset:
     return ds.map(lambda x, y: (x, y, tf.gather(table, y)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-class _LazyArrays(Mapping):
+class LazyArrays(Mapping):
     """``{split: (x, y)}`` computed on first access of each split and kept."""
 
-    def __init__(self, parts: dict[str, _Part]):
+    def __init__(self, parts: dict[str, Part]):
         self._parts, self._done = parts, {}
 
     def __getitem__(self, split):
@@ -237,7 +237,7 @@ class _LazyArrays(Mapping):
         return len(self._parts)
 
 
-def _pipeline(part: _Part, batch_size: int, shuffle_seed: int | None, augment: str | None, size, *,
+def build_pipeline(part: Part, batch_size: int, shuffle_seed: int | None, augment: str | None, size, *,
               epoch=None, prefetch: bool = True, shard=None, weights=None,
               magnitude: float = DEFAULT_MAGNITUDE, erase: float = 0.0, mixing: Mixing | None = None,
               one_hot: int | None = None) -> tf.data.Dataset:
@@ -283,7 +283,7 @@ def _pipeline(part: _Part, batch_size: int, shuffle_seed: int | None, augment: s
             ds = ds.map(lambda x, y, *w: (x, tf.one_hot(y, one_hot, dtype=tf.float32), *w),
                         num_parallel_calls=tf.data.AUTOTUNE)
     if shard is not None:
-        ds = _no_auto_shard(ds)
+        ds = no_auto_shard(ds)
     return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
 
 
@@ -314,7 +314,7 @@ def _fold(seed, salt: int):
     return tf.random.experimental.stateless_fold_in(seed, salt)
 
 
-def _no_auto_shard(ds: tf.data.Dataset) -> tf.data.Dataset:
+def no_auto_shard(ds: tf.data.Dataset) -> tf.data.Dataset:
     """``ds`` with tf.data's auto-sharding off: it already is one worker's shard."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -11,9 +11,9 @@ import numpy as np
 import tensorflow as tf
 
 from kcnn.data.augment import DEFAULT_MAGNITUDE, Mixing
-from kcnn.data.errors import SPLITS, DataError, _augment_magnitude, _erase_probability, _positive_int
+from kcnn.data.errors import SPLITS, DataError, check_augment_magnitude, check_erase_probability, check_positive_int
 from kcnn.data.pipeline import (
-    _LazyArrays, _MemoryPart, _Part, _StreamPart, _no_auto_shard, _pipeline, _shard_size, _shard_value,
+    LazyArrays, MemoryPart, Part, StreamPart, no_auto_shard, build_pipeline, shard_size_of, shard_value,
     balanced_class_weights,
 )
 
@@ -73,13 +73,13 @@ class Splits:
     erase: float = 0.0
     mixing: Mixing | None = None
     _parts: dict = field(default_factory=dict, repr=False)
-    _arrays: _LazyArrays | None = field(default=None, repr=False)
+    _arrays: LazyArrays | None = field(default=None, repr=False)
     _weights: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.class_weight = class_weight_mode(self.class_weight)
-        self.augment_magnitude = _augment_magnitude(self.augment_magnitude)
-        self.erase = _erase_probability(self.erase)
+        self.augment_magnitude = check_augment_magnitude(self.augment_magnitude)
+        self.erase = check_erase_probability(self.erase)
         self.mixing = mixing_value(self.mixing)
 
     def __repr__(self) -> str:
@@ -111,7 +111,7 @@ class Splits:
             ((359, 16, 16, 3), True)
         """
         if self._arrays is None:
-            self._arrays = _LazyArrays(self._parts)
+            self._arrays = LazyArrays(self._parts)
         return self._arrays
 
     def labels(self, split: str = "train") -> np.ndarray:
@@ -204,13 +204,13 @@ class Splits:
         return self.class_weights if split == "train" else None
 
     def _options(self, split: str, training: bool) -> dict:
-        """``_pipeline``'s keyword arguments for ``split``, beyond the order."""
+        """``build_pipeline``'s keyword arguments for ``split``, beyond the order."""
         soft = split == "train" and self.soft_labels
         return dict(weights=self._train_weights(split), magnitude=self.augment_magnitude,
                     erase=self.erase if training else 0.0, mixing=self.mixing if training and soft else None,
                     one_hot=self.num_classes if soft else None)
 
-    def _split(self, split: str) -> _Part:
+    def _split(self, split: str) -> Part:
         if split not in self._parts:
             raise ValueError(f"Unknown split {split!r}; choose one of {list(self._parts)}. "
                              f"Received: split={split!r}")
@@ -251,14 +251,14 @@ class Splits:
             True
         """
         part = self._split(split)
-        shard = _shard_value(shard)
-        batch = _positive_int("batch_size", self.batch_size if batch_size is None else batch_size)
+        shard = shard_value(shard)
+        batch = check_positive_int("batch_size", self.batch_size if batch_size is None else batch_size)
         if epoch is not None:
             if not training:
                 raise ValueError(f"`epoch` selects a training epoch's order and augmentation; pass "
                                  f"training=True with it. Received: epoch={epoch!r}, training=False")
             epoch = _epoch_value(epoch)
-        return _pipeline(part, batch, self.seed if training else None, self.augment if training else None,
+        return build_pipeline(part, batch, self.seed if training else None, self.augment if training else None,
                          self.image_size, epoch=epoch, shard=shard, **self._options(split, training))
 
     def steps_per_epoch(self, split: str = "train", *, shard=None) -> int:
@@ -267,7 +267,7 @@ class Splits:
         With ``shard=(index, count)``, of one shard: ``ceil(ceil(num_examples / count) / batch_size)``, the
         same for every index.
         """
-        examples = _shard_size(self._split(split).num_examples, _shard_value(shard))
+        examples = shard_size_of(self._split(split).num_examples, shard_value(shard))
         return math.ceil(examples / self.batch_size)
 
     def epochs(self, first: int, end: int, split: str = "train", *, shard=None) -> tf.data.Dataset:
@@ -297,7 +297,7 @@ class Splits:
             (3, 6)
         """
         part = self._split(split)
-        shard = _shard_value(shard)
+        shard = shard_value(shard)
         for name, value in (("first", first), ("end", end)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative int. Received: {name}={value!r}")
@@ -307,10 +307,10 @@ class Splits:
         options = self._options(split, True)
 
         def one_epoch(e):
-            return _pipeline(part, batch, seed, augment, size, epoch=e, prefetch=False, shard=shard,
+            return build_pipeline(part, batch, seed, augment, size, epoch=e, prefetch=False, shard=shard,
                              **options)
 
-        if isinstance(part, _StreamPart):
+        if isinstance(part, StreamPart):
             # a tfds stream shuffles with Dataset.shuffle, whose seed must be a Python int here: a tensor seed
             # fails inside TensorFlow's get_seed when the global seed is 0 (keras.utils.set_random_seed(0))
             ds = tf.data.Dataset.range(0).flat_map(one_epoch) if end == first else None
@@ -318,7 +318,7 @@ class Splits:
                 ds = one_epoch(e) if ds is None else ds.concatenate(one_epoch(e))
         else:
             ds = tf.data.Dataset.range(int(first), int(end)).flat_map(one_epoch)
-        return (ds if shard is None else _no_auto_shard(ds)).prefetch(tf.data.AUTOTUNE)
+        return (ds if shard is None else no_auto_shard(ds)).prefetch(tf.data.AUTOTUNE)
 
 
 def class_weight_mode(class_weight) -> str | None:
@@ -354,7 +354,7 @@ def _epoch_value(epoch):
 # Splitting and subsets
 # ---------------------------------------------------------------------------------------------------------
 
-def _carved_sizes(n: int, fractions, n_classes: int, source: str, splits=("val", "test")) -> dict[str, int]:
+def carve_sizes(n: int, fractions, n_classes: int, source: str, splits=("val", "test")) -> dict[str, int]:
     """``round(fraction * n)`` for each of ``splits`` carved from ``n`` examples.
 
     Refuses a non-zero fraction whose split would be empty, saying how many images per class fill every split.
@@ -392,11 +392,11 @@ def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.lexsort((rng.random(len(labels)), keys))
 
 
-def _split_indices(labels: np.ndarray, fractions, seed: int, source: str = "the source"
+def stratified_indices(labels: np.ndarray, fractions, seed: int, source: str = "the source"
                    ) -> dict[str, np.ndarray]:
     """Stratified train / val / test indices; val and test sizes are ``round(fraction * n)``."""
     n = len(labels)
-    sizes = _carved_sizes(n, fractions, len(np.unique(labels)), source)
+    sizes = carve_sizes(n, fractions, len(np.unique(labels)), source)
     n_val, n_test = sizes["val"], sizes["test"]
     order = _stratified_order(labels, np.random.default_rng([seed, 1]))
     n_train = n - n_val - n_test
@@ -404,7 +404,7 @@ def _split_indices(labels: np.ndarray, fractions, seed: int, source: str = "the 
             "test": np.sort(order[n_train + n_val:])}
 
 
-def _carve(labels: np.ndarray, count: int, seed: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
+def carve_split(labels: np.ndarray, count: int, seed: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (kept, carved) with ``count`` carved, stratified."""
     order = _stratified_order(labels, np.random.default_rng([seed, salt]))
     keep = len(labels) - count
@@ -428,12 +428,12 @@ def _subset_indices(labels: np.ndarray, class_names, seed: int, limit, per_class
     return np.sort(_stratified_order(labels, rng)[:limit])
 
 
-def _subset_part(part: _Part, class_names, seed, limit, per_class) -> _Part:
+def subset_part(part: Part, class_names, seed, limit, per_class) -> Part:
     """The ``limit`` / ``per_class`` subset of an in-memory or file-backed part (it has labels ``y``)."""
     keep = _subset_indices(part.y, class_names, seed, limit, per_class)
     return part.take(keep)
 
 
-def _memory_parts(x, y, fractions, seed, render, source: str = "the source") -> dict[str, _Part]:
-    index = _split_indices(y, fractions, seed, source)
-    return {s: _MemoryPart(x[index[s]], y[index[s]], render) for s in SPLITS}
+def memory_parts(x, y, fractions, seed, render, source: str = "the source") -> dict[str, Part]:
+    index = stratified_indices(y, fractions, seed, source)
+    return {s: MemoryPart(x[index[s]], y[index[s]], render) for s in SPLITS}

@@ -14,11 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from kcnn.data.errors import SPLITS, DataError, DataNotFoundError
-from kcnn.data.pipeline import _StreamPart
-from kcnn.data.splits import _carved_sizes
+from kcnn.data.pipeline import StreamPart
+from kcnn.data.splits import carve_sizes
 
 
-def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
+def tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
     import tensorflow_datasets as tfds
 
     data_dir = os.fspath(data_dir) if data_dir is not None else (os.environ.get("TFDS_DATA_DIR") or None)
@@ -82,7 +82,7 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
         if found is not None:
             ds = read(found)
             streams[split] = (ds, size_of(found, ds))
-    carve = _carved_sizes(n_train, fractions, len(class_names), f"tfds:{name}",
+    carve = carve_sizes(n_train, fractions, len(class_names), f"tfds:{name}",
                           splits=[s for s in ("val", "test") if s not in streams])
     keep = n_train - sum(carve.values())
     if keep < 1:
@@ -108,9 +108,9 @@ def _tfds_parts(name, size, fractions, seed, cache, data_dir, limit, per_class):
     if isinstance(cache, (str, os.PathLike)):   # one file set per split and per setting that changes the data
         tag = hashlib.sha1(repr((name, size, fractions, limit, per_class, data_dir)).encode()).hexdigest()[:10]
         prefix = f"{os.fspath(cache)}-{name.replace('/', '_')}-{tag}"
-        parts = {s: _StreamPart(*streams[s], size, f"{prefix}-{s}") for s in SPLITS}
+        parts = {s: StreamPart(*streams[s], size, f"{prefix}-{s}") for s in SPLITS}
     else:
-        parts = {s: _StreamPart(*streams[s], size, bool(cache)) for s in SPLITS}
+        parts = {s: StreamPart(*streams[s], size, bool(cache)) for s in SPLITS}
     return class_names, parts
 
 

@@ -13,10 +13,10 @@ from kcnn import layers as kl
 from kcnn import perf
 from kcnn import weights as kw
 from kcnn.registry import get_entry
-from kcnn.transfer.blocks import _group_blocks
-from kcnn.transfer.checkpoint import _checkpoint_body, _checkpoint_dir, load_checkpoint
-from kcnn.transfer.names import KCNN, _check_shape, _min_size, _resolve, _short
-from kcnn.transfer.preprocessing import _check_mode, preprocess_layer, preprocessing_mode
+from kcnn.transfer.blocks import group_blocks
+from kcnn.transfer.checkpoint import checkpoint_body, find_checkpoint_dir, load_checkpoint
+from kcnn.transfer.names import KCNN, check_shape, min_size_of, resolve_arch, short_name
+from kcnn.transfer.preprocessing import check_mode, preprocess_layer, preprocessing_mode
 from kcnn.weights import WeightsError
 
 
@@ -92,17 +92,17 @@ def backbone(name: str | None, weights=None, input_shape=None, *, preprocessing:
         >>> bb.block_names
         ['block1', 'block2', 'block3', 'block4', 'block5']
     """
-    checkpoint = _checkpoint_dir(weights)
+    checkpoint = find_checkpoint_dir(weights)
     if checkpoint is not None:
         return _backbone_from_checkpoint(name, checkpoint, input_shape, preprocessing)
     if name is None:
         raise ValueError("`name` is required unless `weights` is a kcnn checkpoint directory. Received: "
                          "name=None")
-    source, arch = _resolve(name)
-    min_size = _min_size(source, arch)
+    source, arch = resolve_arch(name)
+    min_size = min_size_of(source, arch)
     if input_shape is None:
         input_shape = get_entry(arch).default_input_shape if source == KCNN else (224, 224, 3)
-    shape = _check_shape(arch, input_shape, min_size)
+    shape = check_shape(arch, input_shape, min_size)
     options = dict(options or {})
     imagenet = isinstance(weights, str) and weights == "imagenet"
     if source == KCNN:
@@ -116,9 +116,9 @@ def backbone(name: str | None, weights=None, input_shape=None, *, preprocessing:
             kw.load_into(model, weights, arch.lower(), include_top=False)
         model = perf.fuse_batch_norm(model)  # Keras' own batch norm took 29% of a ResNet-50 step (README)
         mode = preprocessing or preprocessing_mode(arch)
-    mode = _check_mode(mode)
+    mode = check_mode(mode)
     return Backbone(name=arch, model=model, preprocess=preprocess_layer(mode),
-                    blocks=_group_blocks(model, source, arch),
+                    blocks=group_blocks(model, source, arch),
                     min_size=min_size, input_shape=shape, preprocessing=mode, source=source,
                     weights=None if weights is None else os.fspath(weights))
 
@@ -136,7 +136,7 @@ def _keras_base(arch, shape, imagenet, options):
         url = url_match.group(0) if url_match else "the keras-applications storage"
         fname = url.rsplit("/", 1)[-1] if url_match else f"the {arch} notop .h5 file"
         raise WeightsError(
-            f"ImageNet weights for {arch} are not cached and could not be downloaded ({_short(text)}). "
+            f"ImageNet weights for {arch} are not cached and could not be downloaded ({short_name(text)}). "
             f"Put {fname} (from {url}) into {kw.keras_cache_dir()}, or pass weights=PATH to a local copy."
         ) from None
 
@@ -159,23 +159,23 @@ def _rebuild(model: keras.Model, input_shape) -> keras.Model:
 
 def _backbone_from_checkpoint(name, directory: Path, input_shape, preprocessing) -> Backbone:
     saved, meta = load_checkpoint(directory)
-    source, arch = _resolve(meta.get("arch"))
+    source, arch = resolve_arch(meta.get("arch"))
     if name is not None:
-        _, wanted = _resolve(name)
+        _, wanted = resolve_arch(name)
         if wanted.lower() != arch.lower():
             raise WeightsError(f"Checkpoint {directory} holds a {arch}, not a {wanted}. Pass name=None or "
                                f"name={arch!r}. Received: name={name!r}")
-    min_size = _min_size(source, arch)
-    body = _checkpoint_body(saved)
+    min_size = min_size_of(source, arch)
+    body = checkpoint_body(saved)
     saved_shape = tuple(body.inputs[0].shape[1:])
     wanted_shape = input_shape if input_shape is not None else meta.get("input_shape", saved_shape)
-    shape = _check_shape(arch, wanted_shape, min_size)
+    shape = check_shape(arch, wanted_shape, min_size)
     if tuple(shape) != saved_shape:
         body = _rebuild(body, shape)
     body.trainable = True
-    mode = _check_mode(preprocessing or meta.get("preprocessing", "unit"))
+    mode = check_mode(preprocessing or meta.get("preprocessing", "unit"))
     return Backbone(name=arch, model=body, preprocess=preprocess_layer(mode),
-                    blocks=_group_blocks(body, source, arch),
+                    blocks=group_blocks(body, source, arch),
                     min_size=min_size, input_shape=shape, preprocessing=mode, source=source,
                     weights=os.fspath(directory))
 
@@ -231,7 +231,7 @@ def classifier(backbone: Backbone, classes: int, *, head: str = "gap", dropout: 
         if len(size) != 2:
             raise ValueError("`image_size` must be an int or (height, width). Received: "
                              f"image_size={image_size!r}")
-        _check_shape(backbone.name, (*size, channels), backbone.min_size)
+        check_shape(backbone.name, (*size, channels), backbone.min_size)
         if size != (height, width):
             body = _rebuild(body, (*size, channels))
         height, width = size

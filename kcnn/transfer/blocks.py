@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from kcnn.registry import get_entry
-from kcnn.transfer.names import KCNN, _keras_family
+from kcnn.transfer.names import KCNN, keras_family
 from kcnn.transfer.schedule import resolve_train
 
 if TYPE_CHECKING:
@@ -123,12 +123,12 @@ def _prefix_blocks(model, prefixes) -> list[tuple[str, list[str]]]:
     return [(p, names) for p, names in groups.items() if names]
 
 
-def _group_blocks(model, source: str, arch: str) -> list[tuple[str, list[str]]]:
+def group_blocks(model, source: str, arch: str) -> list[tuple[str, list[str]]]:
     """The backbone's blocks (block name, layer names), shallow to deep, covering every layer."""
     if source == KCNN:
         prefixes = list(get_entry(arch).blocks)
         return _prefix_blocks(model, prefixes) if prefixes else _staged_blocks(model)
-    family = _keras_family(arch)
+    family = keras_family(arch)
     if family in _NAMED_RULES:
         return _named_blocks(model, _NAMED_RULES[family])
     return _staged_blocks(model, _UNIT_RULES.get(family), _UNIT_CLOSERS.get(family))
@@ -151,7 +151,7 @@ def split_model(model: keras.Model):
 def block_layers(model: keras.Model, backbone: Backbone) -> list[tuple[str, list[str]]]:
     """The blocks of the backbone nested in ``model`` (grouped on that model, so a reloaded one works)."""
     _, body, _ = split_model(model)
-    return _group_blocks(body, backbone.source, backbone.name)
+    return group_blocks(body, backbone.source, backbone.name)
 
 
 def set_trainable(model: keras.Model, backbone: Backbone, train="head") -> list[str]:

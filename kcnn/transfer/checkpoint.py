@@ -10,8 +10,8 @@ import keras
 from keras import layers
 
 from kcnn import files, perf
-from kcnn.transfer.names import _check_shape, _min_size, _resolve, _short
-from kcnn.transfer.preprocessing import _check_mode
+from kcnn.transfer.names import check_shape, min_size_of, resolve_arch, short_name
+from kcnn.transfer.preprocessing import check_mode
 from kcnn.weights import WeightsError
 
 
@@ -47,9 +47,9 @@ def save_checkpoint(path, model: keras.Model, *, arch: str, input_shape, class_n
         >>> save_checkpoint("runs/pre/ckpt", model, arch="resnet20", input_shape=(32, 32, 3),
         ...                 class_names=list("0123456789"), preprocessing="unit")
     """
-    source, canonical = _resolve(arch)
-    shape = _check_shape(canonical, input_shape, _min_size(source, canonical))
-    mode = _check_mode(preprocessing)
+    source, canonical = resolve_arch(arch)
+    shape = check_shape(canonical, input_shape, min_size_of(source, canonical))
+    mode = check_mode(preprocessing)
     names = [str(c) for c in class_names]
     units = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
     if units is not None and units != len(names):
@@ -90,7 +90,7 @@ def read_checkpoint_meta(directory, *, check_format: bool = True) -> dict:
     try:
         meta = json.loads(file.read_text())
     except (OSError, ValueError) as err:
-        raise WeightsError(f"Unreadable {file}: {_short(err)}") from None
+        raise WeightsError(f"Unreadable {file}: {short_name(err)}") from None
     if not isinstance(meta, dict):
         kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(meta), "number")
         raise WeightsError(f"{file} is not a kcnn checkpoint (it holds a JSON {kind}, not an object).")
@@ -126,7 +126,7 @@ def read_checkpoint_meta(directory, *, check_format: bool = True) -> dict:
     return meta
 
 
-def _checkpoint_dir(weights) -> Path | None:
+def find_checkpoint_dir(weights) -> Path | None:
     if weights is None or (isinstance(weights, str) and weights == "imagenet"):
         return None
     try:
@@ -159,7 +159,7 @@ def load_checkpoint(path) -> tuple[keras.Model, dict]:
         FileNotFoundError: no checkpoint there.
         WeightsError: an unreadable, foreign or malformed ``kcnn.json`` (`read_checkpoint_meta`).
     """
-    directory = _checkpoint_dir(path)
+    directory = find_checkpoint_dir(path)
     if directory is None:
         raise FileNotFoundError(f"No kcnn checkpoint at {path} (expected {CHECKPOINT_META} and "
                                 f"{CHECKPOINT_MODEL}).")
@@ -171,7 +171,7 @@ def load_checkpoint(path) -> tuple[keras.Model, dict]:
     return model, meta
 
 
-def _checkpoint_body(model: keras.Model) -> keras.Model:
+def checkpoint_body(model: keras.Model) -> keras.Model:
     """The body of a saved model: its nested "backbone", or everything before its classifier head."""
     try:
         nested = model.get_layer("backbone")

@@ -27,7 +27,7 @@ def steps_per_epoch(ds) -> int:
     return count
 
 
-def _iterate_xy(batch):
+def iterate_xy(batch):
     """``(images, (labels[, weights]))`` of one batch."""
     if isinstance(batch, dict) or not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
         raise ValueError("fit_schedule's datasets must yield (images, labels) or (images, labels, weights).")

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from kcnn.transfer.datasets import _iterate_xy, steps_per_epoch
+from kcnn.transfer.datasets import iterate_xy, steps_per_epoch
 
 
 #: Cached features above this size fall back to running the backbone every epoch.
@@ -22,7 +22,7 @@ def _fingerprints(x: np.ndarray) -> np.ndarray:
     return np.stack([flat.mean(axis=1), flat @ weights / flat.shape[1]], axis=1)
 
 
-class _FeatureCache:
+class FeatureCache:
     """Backbone features of the train / validation data, computed once while the backbone does not change.
 
     With a global-pooling head the pooled features are cached (the pooling has no weights), otherwise the
@@ -102,7 +102,7 @@ class _FeatureCache:
         first = next(iter(ds), None)
         if first is None:  # an empty split (e.g. val_fraction=0)
             return 0
-        return 4 * per_example * int(_iterate_xy(first)[0].shape[0]) * steps_per_epoch(ds)
+        return 4 * per_example * int(iterate_xy(first)[0].shape[0]) * steps_per_epoch(ds)
 
     def runner(self) -> keras.Model:
         inputs = keras.Input(self.train[0].shape[1:], name="features")
@@ -128,7 +128,7 @@ def _extract(pre, body, pool, ds, with_fingerprints):
 
     feats, extras, prints, sizes = [], [], [], []
     for batch in ds:
-        x, rest = _iterate_xy(batch)
+        x, rest = iterate_xy(batch)
         feats.append(features(x).numpy())
         extras.append(tuple(np.asarray(r) for r in rest))
         sizes.append(len(feats[-1]))
@@ -139,7 +139,7 @@ def _extract(pre, body, pool, ds, with_fingerprints):
 
 
 def _data_fingerprints(ds):
-    return np.concatenate([_fingerprints(np.asarray(_iterate_xy(batch)[0])) for batch in ds])
+    return np.concatenate([_fingerprints(np.asarray(iterate_xy(batch)[0])) for batch in ds])
 
 
 def _cache_plan(ds, augmented, pre, body, pool, verbose):

@@ -13,8 +13,8 @@ from kcnn import perf
 from kcnn.transfer.backbones import Backbone
 from kcnn.transfer.blocks import split_model
 from kcnn.transfer.datasets import EpochData
-from kcnn.transfer.feature_cache import _FeatureCache
-from kcnn.transfer.history import ScheduleHistory, _Recorder
+from kcnn.transfer.feature_cache import FeatureCache
+from kcnn.transfer.history import ScheduleHistory, EpochRecorder
 from kcnn.transfer.losses import CrossEntropy, metrics_for
 from kcnn.transfer.optim import averaged_weights, make_optimizer
 from kcnn.transfer.plan import PhaseRun, check_finite, check_initial_epoch, make_plan, phase_runner, sublayers
@@ -22,6 +22,11 @@ from kcnn.transfer.plan import PhaseRun, check_finite, check_initial_epoch, make
 
 LOSS = "sparse_categorical_crossentropy"  # what a phase without label smoothing computes (`CrossEntropy`)
 METRICS = ("accuracy",)
+_STOCHASTIC = (layers.Dropout, layers.SpatialDropout2D, layers.GaussianNoise, layers.GaussianDropout, kl.DropPath)
+
+#: Epochs of at least this many steps get one ``fit`` call each and show Keras' own step bar (verbose=1);
+#: a phase of shorter epochs is one ``fit`` call over all its epochs, with one bar over the phase.
+LONG_EPOCH_STEPS = 64
 
 
 class _Pinned(keras.callbacks.Callback):
@@ -183,7 +188,7 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     pre, body, head = split_model(model)
     history = ScheduleHistory() if history is None else history
     classes = int(model.outputs[0].shape[-1])
-    cache = _FeatureCache(pre, body, head)
+    cache = FeatureCache(pre, body, head)
     stochastic_body = any(isinstance(layer, _STOCHASTIC) for layer in sublayers(body))
     pinned = [_Pinned(c, model, plans[-1].end) for c in callbacks]
     resident_val = None  # [the validation data one fit of many short epochs reads], made once
@@ -228,7 +233,7 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
                            steps_per_execution=execution)
             model.compile(optimizer=optimizer, loss=loss, metrics=metrics_for(classes))  # what callbacks see
             run.restore_optimizer(runner.trainable_variables)
-            recorder = _Recorder(history, number, phase, run.rate, run.origin, data.steps)
+            recorder = EpochRecorder(history, number, phase, run.rate, run.origin, data.steps)
             progress = _Progress(verbose, data.steps, execution, first, end, schedule_total=plans[-1].end)
             validate_at = {e for e in range(first + 1, end + 1) if e % validation_freq == 0 or e == end}
 
@@ -271,13 +276,6 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     model.compile(optimizer=make_optimizer(last_phase), loss=CrossEntropy(last_phase.label_smoothing),
                   metrics=metrics_for(classes), steps_per_execution=steps_per_execution)
     return history
-
-
-_STOCHASTIC = (layers.Dropout, layers.SpatialDropout2D, layers.GaussianNoise, layers.GaussianDropout, kl.DropPath)
-
-#: Epochs of at least this many steps get one ``fit`` call each and show Keras' own step bar (verbose=1);
-#: a phase of shorter epochs is one ``fit`` call over all its epochs, with one bar over the phase.
-LONG_EPOCH_STEPS = 64
 
 
 def fit_segments(first: int, end: int, steps: int) -> list[tuple[int, int]]:

@@ -58,7 +58,7 @@ class ScheduleHistory:
         return f"ScheduleHistory({len(self.epochs)} epochs, {len(self.phases)} phases)"
 
 
-class _Recorder(keras.callbacks.Callback):
+class EpochRecorder(keras.callbacks.Callback):
     """Appends one entry per epoch to the `ScheduleHistory`."""
 
     def __init__(self, history, number, phase, rate, first, steps):

@@ -19,7 +19,7 @@ def _keras_names() -> list[str]:
                   if n[:1].isupper() and callable(getattr(keras.applications, n)))
 
 
-def _resolve(name) -> tuple[str, str]:
+def resolve_arch(name) -> tuple[str, str]:
     """(source, canonical name) for a keras.applications or kcnn registry name, case-insensitively."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError("`name` must be a model name such as 'VGG16' or 'resnet20'. Received: "
@@ -53,20 +53,20 @@ def _resolve(name) -> tuple[str, str]:
 def resolve(name) -> tuple[str, str]:
     """``(source, architecture)`` of a backbone name: ("keras", "ResNet50") or ("kcnn", "resnet20"); a ValueError
     with the closest names for an unknown one."""
-    return _resolve(name)
+    return resolve_arch(name)
 
 
-def _keras_family(arch: str) -> str:
+def keras_family(arch: str) -> str:
     return getattr(keras.applications, arch).__module__.rsplit(".", 1)[-1]
 
 
-def _min_size(source: str, arch: str) -> int:
+def min_size_of(source: str, arch: str) -> int:
     if source == KCNN:
         return get_entry(arch).min_size
     return _KERAS_MIN_SIZE.get(arch, 32)
 
 
-def _check_shape(arch: str, input_shape, min_size: int) -> tuple:
+def check_shape(arch: str, input_shape, min_size: int) -> tuple:
     try:
         shape = tuple(None if s is None else int(s) for s in input_shape)
     except (TypeError, ValueError):
@@ -82,6 +82,6 @@ def _check_shape(arch: str, input_shape, min_size: int) -> tuple:
     return shape
 
 
-def _short(text: str) -> str:
+def short_name(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) < 200 else text[:197] + "..."

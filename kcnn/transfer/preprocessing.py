@@ -5,7 +5,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from kcnn.transfer.names import KCNN, _keras_family, _resolve
+from kcnn.transfer.names import KCNN, keras_family, resolve_arch
 
 
 #: Preprocessing modes; every one maps raw RGB in [0, 255] to what a backbone was trained on.
@@ -52,7 +52,7 @@ def preprocess_layer(mode: str, name: str = "preprocess") -> layers.Layer:
         >>> prep(np.full((1, 2, 2, 3), 128.0, "float32")).shape
         TensorShape([1, 2, 2, 3])
     """
-    mode = _check_mode(mode)
+    mode = check_mode(mode)
     if mode == "caffe":
         conv = layers.Conv2D(3, 1, use_bias=True, trainable=False, name=name)
         conv.build((None, None, None, 3))
@@ -72,7 +72,7 @@ def preprocess_layer(mode: str, name: str = "preprocess") -> layers.Layer:
     return layers.Identity(name=name)
 
 
-def _check_mode(mode) -> str:
+def check_mode(mode) -> str:
     if mode not in PREPROCESSING:
         raise ValueError(f"`preprocessing` must be one of {list(PREPROCESSING)}. Received: "
                          f"preprocessing={mode!r}")
@@ -93,15 +93,15 @@ def preprocessing_mode(name: str, weights=None) -> str:
         >>> preprocessing_mode("ResNet50V2")
         'tf'
     """
-    source, arch = _resolve(name)
+    source, arch = resolve_arch(name)
     if source == KCNN:
         return "caffe" if isinstance(weights, str) and weights == "imagenet" else "unit"
-    return _FAMILY_PREPROCESSING.get(_keras_family(arch)) or _probe_mode(arch)
+    return _FAMILY_PREPROCESSING.get(keras_family(arch)) or _probe_mode(arch)
 
 
 def _probe_mode(arch: str) -> str:
     """The preprocessing mode of an unlisted keras.applications family, probed via its preprocess_input."""
-    module = getattr(keras.applications, _keras_family(arch), None)
+    module = getattr(keras.applications, keras_family(arch), None)
     probe = np.array([[[[0.0, 100.0, 255.0]]]], "float32")
     if module is None or not hasattr(module, "preprocess_input"):
         return "none"

@@ -142,7 +142,7 @@ def toolbox_stream(ds, values: dict, num_classes: int, seed: int = 0):
     return ds.enumerate().map(step, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _positive_int(name, value, minimum=1) -> int:
+def check_positive_int(name, value, minimum=1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
     return int(value)
@@ -211,7 +211,7 @@ class HyperCNN(kt.HyperModel):
         super().__init__(name=name, tunable=tunable)
         self.verbose = verbose
         self.toolbox, self.seed = bool(toolbox), int(seed)
-        self.num_classes = _positive_int("num_classes", num_classes)
+        self.num_classes = check_positive_int("num_classes", num_classes)
         shape = tuple(input_shape)
         if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
             raise ValueError(f"`input_shape` must be (height, width, channels). "
@@ -228,7 +228,7 @@ class HyperCNN(kt.HyperModel):
             if opt not in transfer.OPTIMIZERS:
                 raise ValueError(f"Unknown optimizer {opt!r}; choose from {list(transfer.OPTIMIZERS)}. "
                                  f"Received: optimizers={list(self.optimizers)}")
-        self.steps_per_execution = _positive_int(
+        self.steps_per_execution = check_positive_int(
             "steps_per_execution", perf.DEFAULT_STEPS_PER_EXECUTION if steps_per_execution is None
             else steps_per_execution)
 
@@ -401,14 +401,14 @@ class HyperFineTune(kt.HyperModel):
         for bb in self.backbones:
             w = self._weights_for(bb)
             transfer.preprocessing_mode(bb, w)  # unknown names raise ValueError listing the closest
-        self.num_classes = _positive_int("num_classes", num_classes)
+        self.num_classes = check_positive_int("num_classes", num_classes)
         size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
         if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
             raise ValueError(f"`image_size` must be an int or (height, width). "
                              f"Received: image_size={image_size!r}")
         self.image_size = tuple(int(s) for s in size)
-        self.epochs = _positive_int("epochs", epochs, minimum=2)
-        self.max_unfreeze = _positive_int("max_unfreeze", max_unfreeze)
+        self.epochs = check_positive_int("epochs", epochs, minimum=2)
+        self.max_unfreeze = check_positive_int("max_unfreeze", max_unfreeze)
         self.bn_modes = _names("bn_modes", bn_modes)
         for mode in self.bn_modes:
             if mode not in transfer.BN_MODES:
@@ -421,7 +421,7 @@ class HyperFineTune(kt.HyperModel):
                              f"Received: optimizer={optimizer!r}")
         self.optimizer = optimizer
         self.augmented = augmented
-        self.steps_per_execution = _positive_int(
+        self.steps_per_execution = check_positive_int(
             "steps_per_execution", perf.DEFAULT_STEPS_PER_EXECUTION if steps_per_execution is None
             else steps_per_execution)
         self._backbone_of = weakref.WeakKeyDictionary()
@@ -521,7 +521,7 @@ class HyperFineTune(kt.HyperModel):
             keras_tuner.errors.FailedTrialError: the loss became NaN or infinite.
         """
         full = self.schedule(hp)
-        end = _positive_int("epochs", self.epochs if epochs is None else epochs)
+        end = check_positive_int("epochs", self.epochs if epochs is None else epochs)
         window = _schedule_until(full, end)
         augmented = self.augmented
         if self.toolbox and isinstance(x, tf.data.Dataset):

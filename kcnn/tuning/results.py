@@ -57,7 +57,7 @@ def trial_records(tuner) -> list[dict]:
         reason = info.get("error") if trial.status != "COMPLETED" else None
         if not reason and trial.status in ("FAILED", "INVALID") and trial.message:
             lines = [line for line in str(trial.message).splitlines() if line.strip()]
-            reason = _one_line(lines[-1]) if lines else None
+            reason = one_line(lines[-1]) if lines else None
         row["reason"] = reason
         rows.append(row)
     return rows
@@ -260,7 +260,7 @@ def write_json(path, value) -> Path:
     return path
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

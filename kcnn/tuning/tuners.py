@@ -28,8 +28,8 @@ import keras
 import keras_tuner as kt
 
 from kcnn import _compat
-from kcnn.tuning.hypermodels import _positive_int
-from kcnn.tuning.results import TRIAL_FILE, _one_line, read_json, write_json
+from kcnn.tuning.hypermodels import check_positive_int
+from kcnn.tuning.results import TRIAL_FILE, one_line, read_json, write_json
 
 TUNERS = ("hyperband", "bayesian", "random")
 OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
@@ -88,7 +88,7 @@ class _TrialRecords:
         try:
             return super().run_trial(trial, *args, **kwargs)
         except BaseException as err:
-            record["error"] = _one_line(f"{type(err).__name__}: {err}")
+            record["error"] = one_line(f"{type(err).__name__}: {err}")
             raise
         finally:
             record["epochs"] = counter.epochs
@@ -151,14 +151,14 @@ def make_tuner(kind: str, hypermodel, *, directory, project_name: str = "search"
         raise ValueError(f"Unknown tuner {kind!r}; choose one of {', '.join(TUNERS)}. "
                          f"Received: kind={kind!r}")
     if max_trials is not None:
-        _positive_int("max_trials", max_trials)
+        check_positive_int("max_trials", max_trials)
     common = dict(hypermodel=hypermodel, objective=objective, seed=seed, hyperparameters=hyperparameters,
                   directory=os.fspath(directory), project_name=project_name, overwrite=overwrite,
                   max_retries_per_trial=int(max_retries_per_trial),
                   max_consecutive_failed_trials=int(max_consecutive_failed_trials))
     if kind == "hyperband":
-        tuner = Hyperband(max_epochs=_positive_int("epochs", epochs),
-                          factor=_positive_int("factor", factor, 2), **common)
+        tuner = Hyperband(max_epochs=check_positive_int("epochs", epochs),
+                          factor=check_positive_int("factor", factor, 2), **common)
         if max_trials is not None and not isinstance(tuner.oracle, _compat.kt_oracle_client_class()):
             tuner.oracle.max_trials = int(max_trials)
         return tuner
