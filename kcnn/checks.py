@@ -17,8 +17,8 @@ check                         warn / fail when
                               splits are class-weighted), a validation class with fewer than
                               `MIN_VAL_PER_CLASS` images, a test class with fewer than `MIN_TEST_PER_CLASS`
 ``image size``                fail: below the backbone's minimum side; warn: below half its native size
-                              (`native_size`: 224 for keras.applications, 299 Inception/Xception, the
-                              registry's default input for kcnn models)
+                              (`native_size`: keras.applications models' from the family table
+                              `kcnn.transfer.families`, kcnn models' the registry's default input)
 ``duplicates``                warn: validation or test images whose pixels equal a training image's (or test
                               images equal to validation ones); exact duplicates only
 ``learning rates``            warn: a phase that trains backbone blocks at a peak rate (``lr`` times its
@@ -38,7 +38,7 @@ import keras
 import numpy as np
 
 from kcnn.registry import get_entry
-from kcnn.transfer import TrainView, block_layers, make_plan, prepare_phase, split_model
+from kcnn.transfer import TrainView, block_layers, families, make_plan, prepare_phase, split_model
 
 __all__ = [
     "BALANCE_RATIO_WARN", "BN_TOLERANCE", "CHECKS", "CheckFailed", "MIN_TEST_PER_CLASS", "MIN_VAL_PER_CLASS",
@@ -61,15 +61,11 @@ MIN_TEST_PER_CLASS = 5
 BN_TOLERANCE = 1e-4
 #: Images of the first training batch run through the backbone by ``frozen batch norm``.
 BN_CHECK_IMAGES = 8
-#: Native input sides of keras.applications models that are not 224 (the size their ImageNet weights saw).
-KERAS_NATIVE_SIZES = {
-    "InceptionV3": 299, "InceptionResNetV2": 299, "Xception": 299, "NASNetLarge": 331,
-    "EfficientNetB1": 240, "EfficientNetB2": 260, "EfficientNetB3": 300, "EfficientNetB4": 380,
-    "EfficientNetB5": 456, "EfficientNetB6": 528, "EfficientNetB7": 600, "EfficientNetV2B1": 240,
-    "EfficientNetV2B2": 260, "EfficientNetV2B3": 300, "EfficientNetV2S": 384, "EfficientNetV2M": 480,
-    "EfficientNetV2L": 480,
-}
-KERAS_NATIVE_DEFAULT = 224
+#: Native input sides of keras.applications models that are not 224 (the size their ImageNet weights saw), read
+#: from the family table (`kcnn.transfer.families.FAMILIES`).
+KERAS_NATIVE_SIZES = {model: side for family in families.FAMILIES for model, side in family.models.items()
+                      if side != families.DEFAULT_NATIVE_SIZE}
+KERAS_NATIVE_DEFAULT = families.DEFAULT_NATIVE_SIZE
 
 
 class CheckFailed(ValueError):
@@ -253,8 +249,8 @@ def check_class_balance(splits) -> dict:
 def native_size(backbone) -> int:
     """The input side a backbone's architecture (and its published weights) was made for.
 
-    keras.applications: `KERAS_NATIVE_SIZES` or 224. kcnn models: the registry's default input side. Else the
-    backbone's own input side.
+    keras.applications: the family table's (`kcnn.transfer.families`; `KERAS_NATIVE_SIZES` or 224). kcnn models:
+    the registry's default input side. Else the backbone's own input side.
     """
     if backbone.source == "kcnn":
         try:
@@ -262,7 +258,7 @@ def native_size(backbone) -> int:
         except (KeyError, ValueError):
             pass
     else:
-        return KERAS_NATIVE_SIZES.get(backbone.name, KERAS_NATIVE_DEFAULT)
+        return families.native_size(backbone.name)
     sides = [s for s in backbone.input_shape[:2] if s is not None]
     return int(min(sides)) if sides else KERAS_NATIVE_DEFAULT
 
@@ -274,7 +270,7 @@ def native_size_of(name: str) -> int:
     source, arch = resolve(name)
     if source == "kcnn":
         return int(min(get_entry(arch).default_input_shape[:2]))
-    return KERAS_NATIVE_SIZES.get(arch, KERAS_NATIVE_DEFAULT)
+    return families.native_size(arch)
 
 
 def check_image_size(backbone, image_size, model=None) -> dict:

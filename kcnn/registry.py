@@ -1,4 +1,5 @@
-"""The model registry: a `ModelSpec` per architecture, `register_model`, `build`, `list_models`, `get_entry`.
+"""The model registry: a `ModelSpec` per architecture, `register_model`, `build`, `list_models`, `get_entry`,
+`families`.
 
 A builder module (``kcnn.models.vgg``, ...) writes each architecture's facts once, in a `ModelSpec`, and
 registers its builder with it. The builder reads its default input shape and minimum size from that same spec,
@@ -146,6 +147,22 @@ def list_models(pattern: str | None = None) -> list[str]:
     """Names of the registered models, sorted; ``pattern`` is a shell glob such as ``"resnet*"``."""
     names = sorted(_with_builtins())
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def families() -> dict[str, list[str]]:
+    """Family name -> the names of its models, in the order their builders registered.
+
+    Families and models both come in registration order; a builder module registers its models shallow to
+    deep (vgg11 before vgg19), so a family's first model is its smallest.
+
+    Example:
+        >>> kcnn.registry.families()["vgg"]
+        ['vgg11', 'vgg13', 'vgg16', 'vgg19']
+    """
+    out: dict[str, list[str]] = {}
+    for name, entry in _with_builtins().items():
+        out.setdefault(entry.family, []).append(name)
+    return out
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -23,7 +23,7 @@ import contextlib
 import csv
 import io
 import json
-import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -40,9 +40,11 @@ FINAL_FILES = ("model.keras", "report.json")
 RECIPES = ("finetune", "train", "pretrain", "tune", "lr_find")
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-\d{4,}\.npz$")
 _BEST_NAME = re.compile(r"^best-\d{4,}\.npz$")
+_STEP_NAME = re.compile(r"^step-\d{4,}-\d{7,}\.npz$")
 #: What kcnn writes in a run folder of train / finetune / pretrain (glob patterns): ``--overwrite`` deletes these and
 #: refuses when the folder holds anything else. ``export``/``export.json``: recipes.export's default output.
-RUN_FILES = (MARKER, "config.toml", "state.json", "history.csv", "checkpoint-*.npz", "best-*.npz", "model.keras",
+RUN_FILES = (MARKER, "config.toml", "state.json", "history.csv", "checkpoint-*.npz", "best-*.npz", "step-*.npz",
+             "model.keras",
              "labels.json", "report.json", "kcnn.json", "curves.png", "confusion.png", "gradcam.png",
              "top_losses.png", "augment.png", "logs", "error.log", "export", "export.json")
 #: What ``recipes.tune`` writes in its folder (keras-tuner's project folder is ``search``).
@@ -79,38 +81,42 @@ def jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
-# --- TOML (the standard library reads TOML but does not write it) -------------------------------------------------
+# --- TOML (the standard library reads TOML; tomli-w writes it) ---------------------------------------------------
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            return json.dumps(str(value))
-        return repr(value)
+def _toml_ready(value, where: str):
+    """``value`` as TOML types: None dropped from tables (unset), paths as text, tuples as arrays, NumPy scalars
+    as Python numbers; a None inside an array, or a type TOML has no form for, is a `RunError` naming ``where``."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise RunError(f"cannot write {where}: key {key!r} is not text")
+            if item is not None:
+                out[key] = _toml_ready(item, f"{where}.{key}")
+        return out
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+        if any(item is None for item in value):
+            raise RunError(f"cannot write {where}: TOML arrays cannot hold None ({list(value)!r})")
+        return [_toml_ready(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise RunError(f"cannot write {where}: a {type(value).__name__} has no TOML form ({value!r})")
 
 
 def dumps_toml(config: dict) -> str:
-    """Write a dict of scalars, lists and one level of sub-tables (or lists of tables) as TOML."""
-    lines, tables = [], []
-    for key, value in config.items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            tables.append((key, value, False))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            tables.append((key, value, True))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for key, value, is_array in tables:
-        for table in (value if is_array else [value]):
-            lines.append("")
-            lines.append(f"[[{key}]]" if is_array else f"[{key}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
-    return "\n".join(lines) + "\n"
+    """``config`` as TOML (`tomli_w`): tables and arrays of tables at any depth, NaN and infinities, paths; keys
+    whose value is None are left out (unset). ``tomllib.loads`` of the text gives ``config`` back.
+
+    Raises:
+        RunError: a value TOML cannot hold (None inside an array, an object), before anything is written.
+    """
+    import tomli_w
+
+    return tomli_w.dumps(_toml_ready(dict(config), "config"))
 
 
 def write_history_csv(path, history: list[dict]) -> None:
@@ -197,6 +203,57 @@ def owned_files(recipe) -> tuple:
     return {"tune": TUNE_FILES, "lr_find": LR_FIND_FILES}.get(recipe, RUN_FILES)
 
 
+@dataclass
+class CheckpointEvery:
+    """How often `fit_run` checkpoints inside a long epoch: every ``steps`` training steps, or every ``seconds``
+    (whichever is set; neither: only at epoch ends). Parsed from ``"500"`` (steps), ``"10min"``, ``"90s"``,
+    ``"1h"`` or ``"off"``.
+
+    Example:
+        >>> CheckpointEvery.parse("10min").seconds, CheckpointEvery.parse(500).steps
+        (600.0, 500)
+    """
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+    @classmethod
+    def parse(cls, value) -> "CheckpointEvery":
+        if isinstance(value, CheckpointEvery):
+            return value
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("off", "none", "0", "")):
+            return cls()
+        if isinstance(value, bool):
+            raise ValueError(f"checkpoint_every must be steps, a time like '10min', or 'off'; got {value!r}")
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+            steps = int(value)
+            if steps < 1:
+                raise ValueError(f"checkpoint_every: a number of steps must be >= 1; got {value!r}")
+            return cls(steps=steps)
+        text = str(value).strip().lower()
+        for unit in sorted(cls.UNITS, key=len, reverse=True):
+            number = text[: -len(unit)]
+            if text.endswith(unit) and number.replace(".", "", 1).isdigit() and float(number) > 0:
+                return cls(seconds=float(number) * cls.UNITS[unit])
+        raise ValueError(f"checkpoint_every must be a number of steps (e.g. 500), a time (e.g. 10min, 90s, 1h) or "
+                         f"'off'; got {value!r}")
+
+    def start(self, step: int = 0) -> None:
+        """Count from now and from ``step`` of the current epoch (after a checkpoint; 0 at an epoch's end)."""
+        self._since, self._last_step = time.perf_counter(), int(step)
+
+    def due(self, step: int) -> bool:
+        """Whether a checkpoint is due after ``step`` steps of the current epoch."""
+        if self.steps is not None:
+            return step - getattr(self, "_last_step", 0) >= self.steps
+        if self.seconds is not None:
+            return time.perf_counter() - getattr(self, "_since", time.perf_counter()) >= self.seconds
+        return False
+
+
+
 # --- the run folder ------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -219,7 +276,7 @@ class RunDir:
     recipe: str = "train"
     state: dict = field(default_factory=dict)
 
-    RESUME_FREE = ("resume", "overwrite", "out", "verbose")
+    RESUME_FREE = ("resume", "overwrite", "out", "verbose", "checkpoint_every")
 
     def __post_init__(self):
         self.path = Path(self.path)
@@ -230,6 +287,7 @@ class RunDir:
 
     def check(self) -> str:
         """`check_out` plus, on resume, the saved state and settings; touches nothing."""
+        dumps_toml(self.config)  # a setting TOML cannot hold is refused before anything is written
         action = check_out(self.path, recipe=self.recipe, overwrite=self.overwrite, resume=self.resume)
         if action == "resume":
             self.state = self._read_state()
@@ -352,12 +410,38 @@ class RunDir:
         self.state["history"] = [r for r in self.state.get("history", []) if int(r["epoch"]) < epoch] + [row]
         self.state["epochs_done"] = epoch if epochs_done is None else int(epochs_done)
         self.state["checkpoint"] = name
+        old_step = (self.state.pop("inside_epoch", None) or {}).get("file")  # the epoch's end supersedes it
         self._save_state()
         write_history_csv(self.path / "history.csv", self.state["history"])
         new_best = (self.state.get("best") or {}).get("file")
-        for stale in {old, old_best} - {name, new_best, None}:
+        for stale in {old, old_best, old_step} - {name, new_best, None}:
             with contextlib.suppress(OSError):
                 remove_owned(self.path, stale, RUN_FILES)
+
+    def checkpoint_inside(self, arrays: dict[str, np.ndarray], *, epoch: int, step: int) -> None:
+        """Record a checkpoint written inside epoch ``epoch`` (1-based) after ``step`` of its training steps:
+        ``step-EEEE-SSSSSSS.npz`` first, then the state names it (``inside_epoch``); the previous one goes last.
+        The next epoch-end `checkpoint` supersedes it."""
+        old = (self.state.get("inside_epoch") or {}).get("file")
+        name = f"step-{int(epoch):04d}-{int(step):07d}.npz"
+        self._write_arrays(name, arrays)
+        self.state["inside_epoch"] = {"epoch": int(epoch), "step": int(step), "file": name}
+        self._save_state()
+        if old and old != name:
+            with contextlib.suppress(OSError):
+                remove_owned(self.path, old, RUN_FILES)
+
+    def inside_epoch(self) -> tuple[int, dict[str, np.ndarray]] | None:
+        """``(steps done, arrays)`` of a checkpoint written inside the epoch after the last finished one, or None."""
+        entry = self.state.get("inside_epoch")
+        if not entry:
+            return None
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not _STEP_NAME.match(name) or int(entry.get("epoch", -1)) != \
+                self.epochs_done + 1:
+            raise RunError(f"{self.path / 'state.json'}: its inside_epoch entry {entry!r} is not one of this run's; "
+                           "use --overwrite to start the run again")
+        return int(entry["step"]), self._read_arrays(name)
 
     def _write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()
@@ -407,7 +491,7 @@ class RunDir:
 
     def complete(self) -> None:
         """Remove the resume state once the final files are written."""
-        for pattern in ("checkpoint-*.npz", "best-*.npz"):
+        for pattern in ("checkpoint-*.npz", "best-*.npz", "step-*.npz"):
             for f in self.path.glob(pattern):
                 remove_owned(self.path, f.name, RUN_FILES)
         remove_owned(self.path, "state.json", RUN_FILES)

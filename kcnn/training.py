@@ -25,7 +25,8 @@ import numpy as np
 
 import kcnn
 from kcnn import files, options, perf, plots
-from kcnn.runs import (FINAL_FILES, RunDir, RunError, atomic_write_text, default_out, dumps_toml,  # noqa: F401
+from kcnn.runs import (FINAL_FILES, CheckpointEvery, RunDir, RunError, atomic_write_text,  # noqa: F401
+                       default_out, dumps_toml,  # noqa: F401
                        jsonable, write_history_csv)
 
 
@@ -276,7 +277,8 @@ class BestEpoch:
 
 
 def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmented: bool, verbose=1,
-            steps_per_execution: int | None = None, callbacks=(), best: BestEpoch | None = None) -> list[dict]:
+            steps_per_execution: int | None = None, callbacks=(), best: BestEpoch | None = None,
+            checkpoint_every=None, stop_requested=None) -> list[dict]:
     """Fit ``schedule`` inside ``run``: a checkpoint and a history row per epoch, exact resume, phase records.
 
     The engine follows the strategy: MultiWorkerMirroredStrategy runs `kcnn.distribute.fit_distributed` (Keras'
@@ -291,6 +293,14 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
     from the recorded rows, so a resumed run makes the same one), and with ``best.restore`` the model ends with
     the best epoch's weights (`best_summary` says which, for the report).
 
+    Inside long epochs (one ``fit`` per epoch: `kcnn.transfer.fit.LONG_EPOCH_STEPS` steps or more), with
+    ``checkpoint_every`` (`CheckpointEvery`: a number of training steps, or seconds) the state is also saved
+    between two steps (``step-EEEE-SSSSSSS.npz``: model, optimizer, the epoch's running metrics, the step): a run
+    killed there resumes at the next batch of that epoch and ends with the same weights as the uninterrupted
+    run. ``stop_requested()`` is asked after each graph call and each epoch: an exception it returns (a recipe's
+    SIGTERM) is raised once the state of exactly that step is saved. The custom loop of multi-worker training
+    checkpoints at epoch ends only.
+
     Returns:
         The run's history rows (list of dicts: epoch, phase, lr, metrics).
     """
@@ -301,10 +311,17 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
     strategy = strategy or tf.distribute.get_strategy()
     resume = run.load_checkpoint()
     initial = run.epochs_done
+    inside = run.inside_epoch()
+    resume_step = 0
+    if inside is not None:
+        resume_step, resume = inside
     if resume is not None:
         transfer.restore_model_state(model, resume)
-    if initial and verbose and distribute.is_chief(strategy):
-        print(f"resuming {run.path} after epoch {initial} of {schedule.total_epochs}", flush=True)
+    if (initial or resume_step) and verbose and distribute.is_chief(strategy):
+        where = f" and {resume_step} steps of epoch {initial + 1}" if resume_step else ""
+        print(f"resuming {run.path} after epoch {initial}{where} of {schedule.total_epochs}", flush=True)
+    every = CheckpointEvery.parse(checkpoint_every)
+    every.start(resume_step)
     ends = dict(enumerate((end for _, end in schedule.boundaries()), start=1))
     history = transfer.ScheduleHistory()
     earlier = {}  # phase number -> seconds it ran before this process (an interrupted run)
@@ -345,7 +362,22 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
         if stop and verbose and distribute.is_chief(strategy):
             print(f"phase {phase_number} '{phase.name}': no better {best.monitor} for {best.patience} epochs; "
                   f"stopping it after epoch {row['epoch']}", flush=True)
+        every.start()
+        pending = stop_requested() if stop_requested is not None else None
+        if pending is not None:
+            raise pending  # the epoch's checkpoint is written: a resume starts the next epoch
         return stop
+
+    def on_step(runner, optimizer, phase_number, epoch, step):
+        pending = stop_requested() if stop_requested is not None else None
+        if pending is None and not every.due(step):
+            return
+        arrays = transfer.training_state(model, optimizer, phase=phase_number, epoch=epoch)
+        arrays.update(transfer.metric_state(runner))
+        run.checkpoint_inside(arrays, epoch=epoch + 1, step=step)
+        every.start(step)
+        if pending is not None:
+            raise pending
 
     if distribute.is_chief(strategy):
         callbacks = [keras.callbacks.TensorBoard(str(run.path / "logs"), write_graph=False), *callbacks]
@@ -353,7 +385,8 @@ def fit_run(run: RunDir, model, bb, schedule, splits, *, strategy=None, augmente
         try:
             _fit_engine(model, bb, schedule, splits, strategy=strategy, augmented=augmented,
                         steps_per_execution=steps_per_execution, callbacks=list(callbacks), initial_epoch=initial,
-                        verbose=verbose, on_epoch_end=on_epoch_end, resume_state=resume, history=history)
+                        verbose=verbose, on_epoch_end=on_epoch_end, resume_state=resume, history=history,
+                        on_step=on_step if distribute.is_chief(strategy) else None, resume_step=resume_step)
         except transfer.Diverged as err:
             run.save_extra("diverged", {"epoch": err.epoch, "phase": err.phase, "loss": str(err.loss)})
             raise
@@ -405,6 +438,10 @@ def _fit_engine(model, bb, schedule, splits, *, strategy, augmented, steps_per_e
     from kcnn import distribute, transfer
 
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        common.pop("on_step", None)  # the custom loop checkpoints at epoch ends
+        if common.pop("resume_step", 0):
+            raise RunError("this run was checkpointed inside an epoch by a single-process run; resume it without "
+                           "--distribute multiworker")
         distribute.fit_distributed(model, splits, strategy=strategy, backbone=bb, schedule=schedule, **common)
         return
     if steps_per_execution is not None:

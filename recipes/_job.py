@@ -132,8 +132,13 @@ def _execute(job: Job, opened: list) -> int:
             from kcnn import plots
 
             plots.augment_grid(splits, run.path / "augment.png")
-        history = training.fit_run(run, model, bb, job.schedule, splits, strategy=strategy,
-                                   augmented=job.augmented, verbose=cfg.verbose, best=job.best)
+        from recipes import _signals
+
+        with _signals.deferred():  # SIGTERM: the loop saves the step it is at, then stops
+            history = training.fit_run(run, model, bb, job.schedule, splits, strategy=strategy,
+                                       augmented=job.augmented, verbose=cfg.verbose, best=job.best,
+                                       checkpoint_every=getattr(cfg, "checkpoint_every", None),
+                                       stop_requested=_signals.pending)
     if distribute.finish_worker(run, strategy):
         return 0
     extra = {"checks": found, "distribute": cfg.distribute, "replicas": strategy.num_replicas_in_sync,

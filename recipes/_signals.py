@@ -21,8 +21,35 @@ class Terminated(KeyboardInterrupt):
     """The process received SIGTERM; raised where Ctrl-C's KeyboardInterrupt would be."""
 
 
+_state = {"defer": False, "pending": False}
+
+
 def _raise_terminated(signum, frame):
+    if _state["defer"]:  # training: `pending` hands it to the loop, which saves exactly this step first
+        _state["pending"] = True
+        return
     raise Terminated("terminated (SIGTERM)")
+
+
+@contextlib.contextmanager
+def deferred():
+    """Within the block (training), SIGTERM only marks itself `pending`; a SIGTERM that arrived in it and was not
+    collected is raised when the block ends."""
+    _state["defer"], _state["pending"] = True, False
+    try:
+        yield
+    finally:
+        _state["defer"] = False
+    if pending() is not None:
+        raise Terminated("terminated (SIGTERM)")
+
+
+def pending() -> "Terminated | None":
+    """The `Terminated` to raise when SIGTERM arrived during `deferred` (then cleared), else None."""
+    if _state.get("pending"):
+        _state["pending"] = False
+        return Terminated("terminated (SIGTERM)")
+    return None
 
 
 @contextlib.contextmanager
@@ -45,6 +72,7 @@ def exit_code(err: KeyboardInterrupt) -> int:
 
 def again(err: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
     """An exception of ``err``'s kind (Ctrl-C or SIGTERM) carrying ``message``, naming the signal for SIGTERM."""
-    if isinstance(err, Terminated):
-        return Terminated(message.replace("interrupted", "terminated (SIGTERM)", 1))
+    if isinstance(err, Terminated):  # training saved the very step it was at (kcnn.training.fit_run)
+        message = message.replace("interrupted", "terminated (SIGTERM)", 1)
+        return Terminated(message.replace("the last finished epoch is saved", "the run is saved where it stopped"))
     return KeyboardInterrupt(message)

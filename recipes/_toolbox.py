@@ -70,6 +70,9 @@ class Toolbox:
                                                            "choices": list(options.MONITORS)})
     tta: bool = field(default=False, metadata={"help": "also report the test scores of flip test-time "
                                                "augmentation"})
+    checkpoint_every: str = field(default="10min", metadata={
+        "help": "also checkpoint inside long epochs: every N training steps (e.g. 500), every TIME (10min, 90s, "
+                "1h), or off; a run killed there resumes at the next batch", "metavar": "N|TIME"})
 
 
 #: Toolbox fields that go into every phase of the schedule (`kcnn.transfer.Phase` fields of the same meaning).
@@ -103,6 +106,12 @@ def check(cfg) -> None:
                               "instead, the replicas already add their batches up")
     if cfg.patience is not None and cfg.patience < 1:
         raise _cli.UsageError(f"--patience must be >= 1; got {cfg.patience}")
+    from kcnn.runs import CheckpointEvery  # no Keras: a flag check stays fast
+
+    try:
+        CheckpointEvery.parse(cfg.checkpoint_every)
+    except ValueError as err:
+        raise _cli.UsageError(f"--{str(err).replace('_', '-')}") from None
 
 
 def schedule_with(cfg, schedule):
@@ -164,4 +173,9 @@ def tta(cfg) -> str:
 
 def settings(cfg) -> dict:
     """The toolbox values, for report.json."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Toolbox)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Toolbox) if f.name not in NOT_TRAINING}
+
+
+#: Toolbox fields that say how the run is kept, not how it trains: not in the report's toolbox entry, and free to
+#: change on --resume (`kcnn.runs.RunDir.RESUME_FREE`).
+NOT_TRAINING = ("checkpoint_every",)

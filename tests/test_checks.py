@@ -2,7 +2,9 @@
 
 Small: array sources of 8-16 px images, vgg_cifar (batch norm, random weights) as the backbone.
 """
+import re
 import time
+import warnings
 from types import SimpleNamespace
 
 import keras
@@ -11,6 +13,7 @@ import pytest
 from keras import layers, ops
 
 from kcnn import checks, data, transfer
+from kcnn.transfer.families import FAMILIES
 
 HEAD_THEN_ALL = [transfer.Phase(epochs=1, train="head", lr=1e-3),
                  transfer.Phase(epochs=1, train="all", lr=1e-4)]
@@ -164,6 +167,37 @@ def test_image_size_native_sizes_of_keras_applications():
     assert _status(checks.check_image_size(fake("ResNet50"), 224)) == "ok"
     # the backbone runs at 64 px: upsampled 224-px images carry 64 px of detail
     assert checks.check_image_size(fake("ResNet50", (64, 64, 3)), 224)["numbers"]["effective"] == 64
+
+
+def _keras_native_side(model: str, side: int, monkeypatch) -> int:
+    """The side keras.applications asks of ``model`` for its ImageNet weights, from its own check: given another
+    ``side`` with include_top=True it raises (MobileNetV3: warns) before building anything."""
+    from keras.src.utils import file_utils
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"keras.applications.{model} did not check its input side; it would download")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_download)
+    monkeypatch.setattr(file_utils, "get_file", no_download)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises((ValueError, UserWarning)) as info:
+            getattr(keras.applications, model)(weights="imagenet", include_top=True, input_shape=(side, side, 3))
+    found = re.search(r"\((\d+), \1\b", str(info.value))
+    assert found, str(info.value)
+    return int(found.group(1))
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
+def test_native_sizes_are_the_ones_keras_applications_weights_need(family, monkeypatch):
+    for model, native in family.models.items():
+        assert checks.native_size_of(model) == native == _keras_native_side(model, family.min_size + 1,
+                                                                       monkeypatch)
+        fake = SimpleNamespace(source="keras.applications", name=model, min_size=family.min_size,
+                               input_shape=(native, native, 3))
+        assert checks.native_size(fake) == native
+        half = -(-native // 2)  # warns below half the native side
+        assert [_status(checks.check_image_size(fake, side)) for side in (half - 1, half)] == ["warn", "ok"]
 
 
 # ----------------------------------------------------------------------------------------------------------

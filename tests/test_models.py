@@ -1,25 +1,37 @@
 """Every registered model: shapes, gradients, config and .keras round trips, faithful sizes and weights."""
+import inspect
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras
 import kcnn
+from kcnn import registry
 
-# Small but faithful settings per family, so the registry-wide tests stay fast on 2 cores.
-SMALL = {
-    "vgg": dict(input_shape=(32, 32, 3), classes=5, fc_units=(32, 32)),
-    "resnet": dict(input_shape=(32, 32, 3), classes=5),
-    "cifar_resnet": dict(input_shape=(16, 16, 3), classes=5),
-    "allcnn": dict(input_shape=(16, 16, 3), classes=5),
-    "vgg_cifar": dict(input_shape=(16, 16, 3), classes=5),
-}
+# Small but faithful settings, read from each model's spec and builder so that a new family needs no entry here:
+# the spec's minimum side (at least SMALL_SIDE), SMALL_CLASSES classes, and hidden widths of 32 where the builder's
+# default head has any (VGG's 4096s), so the registry-wide tests stay fast on 2 cores.
+SMALL_SIDE = 16
+SMALL_CLASSES = 5
 HEAVY = {"resnet101", "resnet152", "resnet110", "resnet56", "resnet44"}  # full round trips of these are slow-marked
+# Each family's first registered (smallest) model, for the tests of options every family has.
+ONE_PER_FAMILY = [members[0] for members in registry.families().values()]
+
+
+def small_settings(name):
+    entry = kcnn.get_entry(name)
+    side = max(entry.min_size, SMALL_SIDE)
+    settings = dict(input_shape=(side, side, entry.default_input_shape[2]), classes=SMALL_CLASSES)
+    fc_units = inspect.signature(entry.fn).parameters["fc_units"].default
+    if fc_units:
+        settings["fc_units"] = (32,) * len(fc_units)
+    return settings
 
 
 def small(name, **extra):
     keras.utils.set_random_seed(0)
-    return kcnn.build(name, **{**SMALL[kcnn.get_entry(name).family], **extra})
+    return kcnn.build(name, **{**small_settings(name), **extra})
 
 
 def batch(model, n=2, seed=0):
@@ -29,20 +41,23 @@ def batch(model, n=2, seed=0):
 
 def test_registry_lists_every_family():
     names = kcnn.list_models()
-    assert len(names) == 18
+    grouped = registry.families()
+    assert names == sorted(set(names)) == sorted(n for members in grouped.values() for n in members)
     assert kcnn.list_models("resnet*") == [n for n in names if n.startswith("resnet")]
-    assert {kcnn.get_entry(n).family for n in names} == set(SMALL)
+    assert {kcnn.get_entry(n).family for n in names} == set(grouped)
+    assert [kcnn.get_entry(n).family for n in ONE_PER_FAMILY] == list(grouped)
+    assert all(kcnn.get_entry(n).family == family for family, members in grouped.items() for n in members)
 
 
 @pytest.mark.parametrize("name", kcnn.list_models())
 def test_forward_shape_and_gradients(name):
     model = small(name)
     x = batch(model)
-    assert model.output_shape == (None, 5)
+    assert model.output_shape == (None, SMALL_CLASSES)
     with tf.GradientTape() as tape:
         y = model(x, training=True)
         loss = keras.losses.sparse_categorical_crossentropy(np.array([0, 3]), y)
-    assert y.shape == (2, 5)
+    assert y.shape == (2, SMALL_CLASSES)
     assert np.all(np.isfinite(y.numpy()))
     np.testing.assert_allclose(y.numpy().sum(axis=1), 1.0, rtol=1e-5)
     grads = tape.gradient(loss, model.trainable_weights)
@@ -146,7 +161,7 @@ def test_vgg_cifar_is_a_small_vgg():
 
 
 def test_vgg_family_depths():
-    convs = {n: sum(isinstance(layer, keras.layers.Conv2D) for layer in kcnn.build(n, **SMALL["vgg"]).layers)
+    convs = {n: sum(isinstance(layer, keras.layers.Conv2D) for layer in small(n).layers)
              for n in ("vgg11", "vgg13", "vgg16", "vgg19")}
     assert convs == {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}
 
@@ -160,7 +175,7 @@ def test_allcnn_has_no_pooling_and_no_dense():
 
 # --- the kcnn options, applied the same way everywhere ----------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["vgg11", "resnet18", "resnet20", "allcnn_a"])
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
 def test_norm_and_spatial_dropout_options(name):
     plain = small(name, norm=None)
     model = small(name, norm="batch", spatial_dropout=0.2)
@@ -206,7 +221,7 @@ def test_include_top_false_and_pooling():
 
 
 def test_strided_conv_downsampling_options():
-    vgg = kcnn.build("vgg11", downsample="conv", **SMALL["vgg"])
+    vgg = small("vgg11", downsample="conv")
     base = kcnn.build("allcnn_c", downsample="max")
     assert not any(isinstance(la, keras.layers.MaxPooling2D) for la in vgg.layers)
     assert vgg.get_layer("block1_pool").strides == (2, 2)
@@ -278,7 +293,7 @@ def test_keras_applications_resnet50_weights_h5_and_notop(tmp_path):
 def test_weights_for_another_architecture_is_a_clear_error(tmp_path):
     kcnn.build("resnet20").save_weights(tmp_path / "r20.weights.h5")
     with pytest.raises(kcnn.WeightsError, match="does not fit vgg11"):
-        kcnn.build("vgg11", weights=str(tmp_path / "r20.weights.h5"), **SMALL["vgg"])
+        kcnn.build("vgg11", weights=str(tmp_path / "r20.weights.h5"), **small_settings("vgg11"))
     with pytest.raises(FileNotFoundError, match="missing.h5"):
         kcnn.build("resnet20", weights=str(tmp_path / "missing.h5"))
 

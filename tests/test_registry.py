@@ -17,8 +17,9 @@ NAMES = kcnn.list_models()
 # keras.applications' own parameters, read from its builders rather than written down here.
 KERAS_PARAMS = set(inspect.signature(keras.applications.VGG16).parameters) | set(
     inspect.signature(keras.applications.ResNet50).parameters)
-# One cheap member per family, for the checks that build a model at the spec's default or minimum size.
-ONE_PER_FAMILY = ("vgg11", "resnet18", "resnet20", "allcnn_a", "vgg_cifar")
+# Each family's first registered (smallest) member, for the checks that build a model at the spec's default or
+# minimum size; read from the registry, so a new family is tested without an edit here.
+ONE_PER_FAMILY = [members[0] for members in registry.families().values()]
 
 
 def test_keras_params_are_the_documented_ones():
@@ -71,6 +72,26 @@ def test_builder_uses_the_spec_input_shape_and_minimum(name):
     assert kcnn.build(name, include_top=False, input_shape=(m, m, 3)).input_shape[1:] == (m, m, 3)
 
 
+def test_families_group_every_model_in_registration_order(monkeypatch):
+    grouped = registry.families()
+    assert sorted(n for members in grouped.values() for n in members) == NAMES
+    assert all(members and {kcnn.get_entry(n).family for n in members} == {family}
+               for family, members in grouped.items())
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    spec = kcnn.ModelSpec("toy", (16, 16, 3), min_size=4, default_classes=10)
+
+    def toy_b(*, input_shape=None, classes=10):
+        raise AssertionError("never built")
+
+    def toy_a(*, input_shape=None, classes=10):
+        raise AssertionError("never built")
+
+    kcnn.register_model(spec)(toy_b)
+    kcnn.register_model(spec)(toy_a)
+    assert registry.families()["toy"] == ["toy_b", "toy_a"]  # registration order, not sorted
+    assert list(registry.families())[:len(grouped)] == list(grouped)
+
+
 def test_register_model_rejects_a_builder_that_contradicts_its_spec(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     spec = kcnn.ModelSpec("toy", (16, 16, 3), min_size=4, default_classes=10)
@@ -110,7 +131,7 @@ def test_register_model_with_a_spec_or_its_fields(monkeypatch):
 
 def test_unknown_model_message_is_unchanged():
     with pytest.raises(ValueError, match=r"Unknown model 'vgg61'\. Did you mean .*vgg16.*See kcnn.list_models\(\) "
-                                         r"for all 18 names\. Received: name='vgg61'"):
+                                         rf"for all {len(NAMES)} names\. Received: name='vgg61'"):
         kcnn.get_entry("vgg61")
     assert kcnn.get_entry("VGG16").name == "vgg16"
 

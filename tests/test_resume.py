@@ -266,9 +266,63 @@ def test_sigterm_stops_like_ctrl_c_exits_143_and_resumes_bit_identical(tmp_path,
     assert finetune.main([*args, "--out", str(out)]) == 143
     monkeypatch.undo()
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: terminated (SIGTERM); the last finished epoch is saved: continue with the same command "
+    assert err == [f"error: terminated (SIGTERM); the run is saved where it stopped: continue with the same command "
                    f"plus --resume --out {out}"]
     assert signal.getsignal(signal.SIGTERM) is before
     assert json.loads((out / "state.json").read_text())["epochs_done"] in (1, 2)
     assert finetune.main([*args, "--out", str(out), "--resume"]) == 0
     assert _largest_difference(reference, out) == 0.0
+
+
+TRAIN_LONG = ["--data", "digits", "--image-size", "12", "--model", "allcnn_a", "--epochs", "2", "--batch-size", "4",
+              "--augment", "standard", "--seed", "3", "--verbose", "0", "--lr", "0.02", "--preset", "he2015"]
+
+
+def test_sigterm_inside_a_long_epoch_saves_that_step_and_resumes_bit_identical(tmp_path, monkeypatch, capsys,
+                                                                              straight):
+    """Epochs of 288 steps (digits at batch 4), a checkpoint every 50 steps: SIGTERM arrives in epoch 2 after its
+    first inside checkpoint; the run saves the step it is at, exits 143; the resume goes on at the next batch of
+    that epoch and ends with the uninterrupted run's weights and history, bit for bit."""
+    reference = straight(train.main, [*TRAIN_LONG, "--checkpoint-every", "off"])
+    out = tmp_path / "run"
+    real = runs.RunDir.checkpoint_inside
+    seen = []
+
+    def checkpoint_inside(run, arrays, *, epoch, step):
+        real(run, arrays, epoch=epoch, step=step)
+        seen.append((epoch, step))
+        if epoch == 2 and len([s for s in seen if s[0] == 2]) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # deferred: the loop saves its next step, then stops
+
+    monkeypatch.setattr(runs.RunDir, "checkpoint_inside", checkpoint_inside)
+    assert train.main([*TRAIN_LONG, "--out", str(out), "--checkpoint-every", "50"]) == 143
+    monkeypatch.undo()
+    assert "terminated (SIGTERM); the run is saved where it stopped" in capsys.readouterr().err
+    state = json.loads((out / "state.json").read_text())
+    inside = state["inside_epoch"]
+    assert state["epochs_done"] == 1 and inside["epoch"] == 2 and 64 <= inside["step"] < 288
+    assert inside["step"] == seen[-1][1] and seen[-2][0] == 2 and seen[-1][1] - seen[-2][1] == 16
+    assert [p.name for p in out.glob("step-*.npz")] == [inside["file"]]
+    assert seen[0] == (1, 64)  # the first due after 50 steps (graph calls of 16 steps)
+    assert train.main([*TRAIN_LONG, "--out", str(out), "--resume"]) == 0
+    assert _largest_difference(reference, out) == 0.0
+    ours, theirs = ((p / "history.csv").read_text() for p in (out, reference))
+    assert ours == theirs  # the resumed epoch's running metrics were restored: its row is the straight run's
+    assert list(out.glob("step-*.npz")) == []
+
+
+def test_checkpoint_every_parses_steps_times_and_off():
+    from kcnn.runs import CheckpointEvery
+
+    assert CheckpointEvery.parse("500") == CheckpointEvery(steps=500)
+    assert CheckpointEvery.parse("10min").seconds == 600 and CheckpointEvery.parse("1.5h").seconds == 5400
+    assert CheckpointEvery.parse("90s").seconds == 90 and CheckpointEvery.parse("off") == CheckpointEvery()
+    every = CheckpointEvery.parse(50)
+    every.start(0)
+    assert [every.due(s) for s in (16, 48, 64)] == [False, False, True]
+    every.start(64)
+    assert [every.due(s) for s in (96, 112, 128)] == [False, False, True]
+    assert CheckpointEvery.parse("0") == CheckpointEvery()  # 0 steps: off
+    for bad in ("-5", "10 parsecs", "min", True, "0min"):
+        with pytest.raises(ValueError, match="checkpoint_every"):
+            CheckpointEvery.parse(bad)

@@ -136,3 +136,29 @@ def test_toml_round_trip():
               "path": "a \"quoted\" \\ path", "phase": [{"epochs": 2, "train": "head"}, {"epochs": 1, "train": "all"}]}
     parsed = tomllib.loads(runs.dumps_toml(config))
     assert parsed == {k: v for k, v in config.items() if v is not None}
+
+
+def test_toml_round_trip_of_every_kind_of_value(tmp_path):
+    import math
+    import tomllib
+    from pathlib import Path
+
+    config = {"int": -3, "float": 2.5e-7, "nan": float("nan"), "inf": float("inf"), "minus_inf": float("-inf"),
+              "bool": False, "unset": None, "path": Path("/tmp/a b/c"), "long": "x" * 10_000,
+              "text": 'quote " backslash \\ newline \n tab \t unicode \u00e9', "tuple": (1, 2),
+              "empty": [], "nested": {"table": {"deeper": {"n": 1, "unset": None}}, "list": [[1, 2], ["a"]]},
+              "phase": [{"epochs": 2, "train": ["block1", "block2"], "lr": 1e-3}, {"epochs": 1, "bn": "train"}],
+              "numpy": np.float32(0.5), "numpy_int": np.int64(7)}
+    back = tomllib.loads(runs.dumps_toml(config))
+    assert math.isnan(back.pop("nan"))
+    assert back == {"int": -3, "float": 2.5e-7, "inf": math.inf, "minus_inf": -math.inf, "bool": False,
+                    "path": "/tmp/a b/c", "long": "x" * 10_000, "text": config["text"], "tuple": [1, 2],
+                    "empty": [], "nested": {"table": {"deeper": {"n": 1}}, "list": [[1, 2], ["a"]]},
+                    "phase": [{"epochs": 2, "train": ["block1", "block2"], "lr": 1e-3}, {"epochs": 1, "bn": "train"}],
+                    "numpy": 0.5, "numpy_int": 7}
+    for bad, where in (({"sizes": [1, None]}, "config.sizes"), ({"x": {"obj": object()}}, "config.x.obj")):
+        with pytest.raises(runs.RunError, match=f"cannot write {where}"):
+            runs.dumps_toml(bad)
+        with pytest.raises(runs.RunError):  # refused before the folder is written
+            runs.RunDir(tmp_path / "run", config=bad).open()
+        assert not (tmp_path / "run").exists()

@@ -13,6 +13,8 @@ import tensorflow as tf
 
 import kcnn
 from kcnn import transfer as T
+from kcnn.transfer.families import FAMILIES, Family
+from kcnn.transfer.names import keras_family
 from kcnn.weights import WeightsError
 
 CLASSES = 3
@@ -112,19 +114,62 @@ def test_offline_imagenet_is_a_clear_error(monkeypatch, tmp_path):
         T.backbone("vgg16", weights="imagenet", input_shape=(32, 32, 3))  # kcnn's own resolver
 
 
-@pytest.mark.parametrize("family, mode", [
-    ("vgg16", "caffe"), ("resnet", "caffe"), ("resnet_v2", "tf"), ("mobilenet_v2", "tf"),
-    ("densenet", "torch"), ("efficientnet", "none"), ("convnext", "none"),
-])
-def test_preprocess_equals_keras_preprocess_input(family, mode):
+# ---------------------------------------------------------------------------------------------------------------
+# The keras.applications family table: every per-family test below is parametrized over it
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _by_name(families):
+    return pytest.mark.parametrize("family", families, ids=[f.name for f in families])
+
+
+def test_the_family_table_lists_every_keras_application_once():
+    listed = [model for family in FAMILIES for model in family.models]
+    keras_models = {n for n in dir(keras.applications)
+                    if n[:1].isupper() and callable(getattr(keras.applications, n))}
+    assert len(listed) == len(set(listed))
+    missing = sorted(keras_models - set(listed))
+    assert missing == [], f"add them to a Family in kcnn/transfer/families.py: {missing}"
+    assert set(listed) == keras_models
+    assert len({f.name for f in FAMILIES}) == len(FAMILIES)
+    for family in FAMILIES:
+        assert {keras_family(m) for m in family.models} == {family.name}
+        assert family.preprocessing in T.PREPROCESSING
+        assert family.staged == (not family.block_rules)
+
+
+def test_a_family_entry_is_checked_when_written():
+    with pytest.raises(ValueError, match="not both"):
+        Family("toy", {"Toy": 224}, "tf", block_rules=[(r"^(a)_", r"\1")], unit_pattern=r"^b")
+    with pytest.raises(ValueError, match="below min_size=75"):
+        Family("toy", {"Toy": 64}, "tf", min_size=75)
+    with pytest.raises(ValueError, match="must map model names"):
+        Family("toy", (), "tf")
+    toy = Family("toy", {"Toy": 224}, "tf", block_rules=[[r"^(a)_", r"\1"]])
+    assert toy.block_rules == ((r"^(a)_", r"\1"),) and not toy.staged and hash(toy) == hash(toy)
+
+
+@_by_name(FAMILIES)
+def test_preprocess_equals_keras_preprocess_input(family):
     x, _ = _images(2, size=8)
     x[0, 0, 0] = (0.0, 127.5, 255.0)
-    expected = getattr(keras.applications, family).preprocess_input(x.copy())
-    got = np.asarray(T.preprocess_layer(mode)(x))
-    if mode in ("caffe", "none"):
+    expected = getattr(keras.applications, family.name).preprocess_input(x.copy())
+    got = np.asarray(T.preprocess_layer(family.preprocessing)(x))
+    if family.preprocessing in ("caffe", "none"):
         np.testing.assert_array_equal(got, expected)  # exact: a 0/1 kernel and one addition
     else:
         np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    assert {T.preprocessing_mode(m) for m in family.models} == {family.preprocessing}
+
+
+@_by_name(FAMILIES)
+def test_family_minimum_is_the_one_keras_applications_enforces(family):
+    m = family.min_size
+    for model in family.models:
+        with pytest.raises(ValueError, match=f"at least {m}x{m}"):  # keras' own check, before building
+            getattr(keras.applications, model)(weights=None, include_top=False, input_shape=(m - 1, m - 1, 3))
+        with pytest.raises(ValueError, match=f"{model} needs images of at least {m}x{m} pixels"):
+            T.backbone(model, input_shape=(m - 1, m - 1, 3))
 
 
 def test_backbone_preprocess_matches_its_family():
@@ -581,16 +626,28 @@ def test_feature_cache_detects_augmentation_and_shuffling():
     assert feature_cache._cache_plan(noisy, False, pre, body, head[0], 0)[0][0].shape == (20, 192)
 
 
+#: First and last block of some keras.applications backbones (at `_blocks_size`), as regression values.
+BLOCK_ENDS = {"MobileNetV2": ("stage1", "stage5"), "EfficientNetB0": ("stem", "top"),
+              "ConvNeXtTiny": ("stem", "stage3"), "DenseNet121": ("conv1", "conv5"),
+              "ResNet50V2": ("conv1", "conv5"), "Xception": ("block1", "block14")}
+
+
+def _blocks_size(family):
+    return max(64, family.min_size)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name, size, first, last", [
-    ("MobileNetV2", 64, "stage1", "stage5"), ("EfficientNetB0", 64, "stem", "top"),
-    ("ConvNeXtTiny", 64, "stem", "stage3"), ("DenseNet121", 64, "conv1", "conv5"),
-    ("ResNet50V2", 64, "conv1", "conv5"), ("Xception", 96, "block1", "block14"),
-])
-def test_keras_application_blocks_and_round_trip(name, size, first, last, tmp_path):
+@_by_name(FAMILIES)
+def test_keras_application_blocks_and_round_trip(family, tmp_path):
+    name, size = next(iter(family.models)), _blocks_size(family)  # the family's smallest model
     bb = T.backbone(name, input_shape=(size, size, 3))
-    assert (bb.block_names[0], bb.block_names[-1]) == (first, last)
     assert sum(len(names) for _, names in bb.blocks) == len(bb.model.layers) - 1
+    assert [n for _, names in bb.blocks for n in names] == [layer.name for layer in bb.model.layers[1:]]
+    assert len(bb.block_names) >= 2 and len(set(bb.block_names)) == len(bb.block_names)
+    if family.staged:
+        assert bb.block_names == [f"stage{i}" for i in range(1, len(bb.block_names) + 1)]
+    if name in BLOCK_ENDS:
+        assert (bb.block_names[0], bb.block_names[-1]) == BLOCK_ENDS[name]
     model = T.classifier(bb, CLASSES)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")

@@ -36,9 +36,12 @@ discriminative rates), ACL 2018; the Keras guide "Transfer learning & fine-tunin
 
 The package, one concern per module (at import time each uses only modules listed above it):
 
+* ``families``: one entry per keras.applications family (its models and native sizes, minimum size,
+  preprocessing, block rules), read by names, preprocessing, blocks and `kcnn.checks`.
 * ``names``: backbone names (keras.applications or the kcnn registry), minimum sizes, input-shape checks.
 * ``preprocessing``: the preprocessing modes as Keras layers; which mode a backbone uses.
 * ``schedule``: `Phase`, `Schedule`, the presets, schedule files and ``train`` specs.
+* ``rules``: schedule rules computed from the training set's size (auto, fastai, bit, keras-guide).
 * ``blocks``: a backbone's blocks, trainability per block, per-block learning-rate multipliers.
 * ``checkpoint``: the kcnn checkpoint format.
 * ``backbones``: `Backbone`, `backbone` and `classifier`.
@@ -104,7 +107,7 @@ from kcnn.transfer.plan import (Diverged, PhasePlan, PhaseRun, TrainView, check_
                                 phase_runner, prepare_phase, set_bn_momentum)
 from kcnn.transfer.state import (checkpoint_phase, restore_model_state, restore_optimizer_state,
                                  training_state)
-from kcnn.transfer.fit import LOSS, METRICS, fit_schedule
+from kcnn.transfer.fit import LOSS, METRICS, fit_schedule, metric_state
 
 __all__ = [
     "Backbone", "backbone", "classifier", "preprocess_layer", "preprocessing_mode", "PREPROCESSING",
@@ -124,5 +127,5 @@ __all__ = [
     # constants: names, preprocessing, schedule choices, checkpoint files, the default loss
     "KCNN", "KERAS", "CAFFE_MEAN_BGR", "TORCH_MEAN", "TORCH_STD", "BN_MODES", "LR_SCHEDULES", "OPTIMIZERS",
     "PHASE_FIELDS", "CHECKPOINT_META", "CHECKPOINT_MODEL", "CHECKPOINT_VERSION", "FEATURE_CACHE_LIMIT_BYTES",
-    "LOSS", "METRICS",
+    "LOSS", "METRICS", "metric_state",
 ]

@@ -12,35 +12,12 @@ import keras
 from keras import layers
 
 from kcnn.registry import get_entry
-from kcnn.transfer.names import KCNN, keras_family
+from kcnn.transfer.families import family_of
+from kcnn.transfer.names import KCNN
 from kcnn.transfer.schedule import resolve_train
 
 if TYPE_CHECKING:
     from kcnn.transfer.backbones import Backbone
-
-
-# Named families: layer name -> block name (None: belongs to the block of the layer before it).
-_NAMED_RULES = {
-    "vgg16": [(r"^(block\d+)_", r"\1")],
-    "vgg19": [(r"^(block\d+)_", r"\1")],
-    "xception": [(r"^(block\d+)_", r"\1")],
-    "resnet": [(r"^(conv\d+)_", r"\1")],
-    "resnet_v2": [(r"^(conv\d+)_", r"\1")],
-    "densenet": [(r"^(conv\d+)_", r"\1"), (r"^pool(\d+)", r"conv\1")],
-    "efficientnet": [(r"^(stem)_", r"\1"), (r"^(block\d+)[a-z]_", r"\1"), (r"^(top)_", r"\1")],
-    "efficientnet_v2": [(r"^(stem)_", r"\1"), (r"^(block\d+)[a-z]_", r"\1"), (r"^(top)_", r"\1")],
-    "convnext": [(r"_(stem)$", r"\1"), (r"_stage_(\d+)_", r"stage\1"),
-                 (r"_downsampling_block_(\d+)$", "+stage\\1")],
-}
-# Resolution-staged families: layers form units (by name) and units are merged into stages at each
-# downsampling.
-_UNIT_RULES = {
-    "mobilenet": r"^conv_(?:dw|pw|pad)_(\d+)",
-    "mobilenet_v2": r"^(block_\d+|expanded_conv)_",
-    "mobilenet_v3": r"^(expanded_conv(?:_\d+)?)_",
-    "inception_resnet_v2": r"^(block35_\d+|block17_\d+|block8_\d+|mixed_\w+?)(?:_|$)",
-}
-_UNIT_CLOSERS = {"inception_v3": r"^mixed\d+$"}
 
 
 def _body_layers(model) -> list:
@@ -128,10 +105,12 @@ def group_blocks(model, source: str, arch: str) -> list[tuple[str, list[str]]]:
     if source == KCNN:
         prefixes = list(get_entry(arch).blocks)
         return _prefix_blocks(model, prefixes) if prefixes else _staged_blocks(model)
-    family = keras_family(arch)
-    if family in _NAMED_RULES:
-        return _named_blocks(model, _NAMED_RULES[family])
-    return _staged_blocks(model, _UNIT_RULES.get(family), _UNIT_CLOSERS.get(family))
+    family = family_of(arch)  # its block rules are the family table's (kcnn.transfer.families)
+    if family is None:
+        return _staged_blocks(model)
+    if family.block_rules:
+        return _named_blocks(model, family.block_rules)
+    return _staged_blocks(model, family.unit_pattern, family.unit_closer)
 
 
 def split_model(model: keras.Model):

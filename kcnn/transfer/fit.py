@@ -104,7 +104,8 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
                  verbose=1, feature_cache: bool = True, augmented: bool | None = None,
                  bn_momentum: float | None = kl.BN_MOMENTUM, on_phase_end: Callable | None = None,
                  on_epoch_end: Callable | None = None, resume_state: dict | None = None,
-                 validation_freq: int = 1, history: ScheduleHistory | None = None) -> ScheduleHistory:
+                 validation_freq: int = 1, history: ScheduleHistory | None = None,
+                 on_step: Callable | None = None, resume_step: int = 0) -> ScheduleHistory:
     """Fine-tune a `classifier` through the phases of a schedule.
 
     Each phase gets its own optimizer (loss: sparse categorical cross-entropy, metric: accuracy) after setting
@@ -159,6 +160,13 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
             phase's last epoch; the other rows have no ``val_*`` entries. 1 (default): every epoch.
         history: The `ScheduleHistory` to fill (the caller sees each phase's record while it runs); default a
             new one.
+        on_step: ``on_step(runner, optimizer, phase_number, epoch, step)`` after each graph call inside a long
+            epoch (one ``fit`` per epoch: at least `LONG_EPOCH_STEPS` steps of keyed data): ``epoch`` 0-based,
+            ``step`` the training steps of that epoch done so far; e.g. to write a checkpoint inside the epoch
+            with `training_state` plus `metric_state(runner)`.
+        resume_step: Steps of epoch ``initial_epoch`` (0-based) already done, when ``resume_state`` was written
+            inside that epoch (by ``on_step``): the epoch continues at the next batch of its keyed order, with the
+            optimizer and the epoch's running metrics restored, so it ends as the uninterrupted epoch ends.
 
     The phase's loss is `kcnn.transfer.CrossEntropy` with its ``label_smoothing`` (integer or soft labels: mixed
     batches of `kcnn.data.Mixing`); the metrics `kcnn.transfer.losses.metrics_for` the class count (accuracy,
@@ -176,6 +184,7 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         >>> history.epochs[-1]["val_accuracy"]
     """
     initial_epoch = check_initial_epoch(initial_epoch)
+    resume_step = int(resume_step or 0)
     if isinstance(validation_freq, bool) or not isinstance(validation_freq, (int, np.integer)) \
             or validation_freq < 1:
         raise ValueError(f"`validation_freq` must be an int >= 1. Received: validation_freq={validation_freq!r}")
@@ -197,7 +206,8 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
     for plan in plans:
         phase, number, end = plan.phase, plan.number, plan.end
         with PhaseRun(plan, model, backbone, history, count=count, steps=data.steps, initial_epoch=initial_epoch,
-                      resume_state=resume_state, verbose=bool(verbose), on_phase_end=on_phase_end) as run:
+                      resume_state=resume_state, verbose=bool(verbose), on_phase_end=on_phase_end,
+                      resume_step=resume_step) as run:
             if run.skipped:
                 continue
             record, first = run.record, run.first
@@ -259,11 +269,20 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
                 for a, b in segments:
                     # keyed data: epochs a..b-1 back to back, each exactly data.steps batches
                     validated = [e for e in range(a + 1, b + 1) if e in validate_at]
+                    # inside an epoch: a checkpoint written by on_step; the epoch goes on at its next batch
+                    skip = run.resume_step if (a == first and b == a + 1 and data.keyed) else 0
+                    hooks = [_StepHook(on_step, runner, optimizer, number, a, skip, data.steps)] \
+                        if on_step is not None and b == a + 1 and data.keyed else []
+                    ds = epochs_data(a, b)
+                    if skip:
+                        _build_metrics(runner, ds)
+                        hooks.insert(0, _RestoreMetrics(runner, resume_state))
                     # with a weight average, epoch_end validates the average instead of Keras the weights
-                    runner.fit(epochs_data(a, b), validation_data=None if phase.ema else fit_val, initial_epoch=a,
-                               epochs=b, steps_per_epoch=data.steps, validation_freq=validated,
-                               verbose=progress.fit_verbose, shuffle=False,
-                               callbacks=[recorder, *progress.callbacks(), *pinned, _EpochEnd(epoch_end, model)])
+                    runner.fit(ds.skip(skip) if skip else ds, validation_data=None if phase.ema else fit_val,
+                               initial_epoch=a, epochs=b, steps_per_epoch=data.steps - skip,
+                               validation_freq=validated, verbose=progress.fit_verbose, shuffle=False,
+                               callbacks=[recorder, *progress.callbacks(), *pinned, *hooks,
+                                          _EpochEnd(epoch_end, model)])
                     if getattr(model, "stop_training", False):
                         break
             finally:
@@ -342,6 +361,52 @@ def resident(ds, limit: int = RESIDENT_VAL_BYTES):
     whole = tuple(np.concatenate(c) for c in columns)
     light = tf.data.Dataset.from_tensor_slices(whole if len(whole) > 1 else whole[0]).batch(sizes[0])
     return light.with_options(options)
+
+
+def metric_state(runner) -> dict[str, np.ndarray]:
+    """The running metrics of ``runner``'s epoch so far (loss mean, accuracy, ...) as checkpoint arrays."""
+    return {f"metric_{i:05d}": np.asarray(v) for i, v in enumerate(runner.metrics_variables)}
+
+
+def _build_metrics(runner, ds) -> None:
+    """Create ``runner``'s metric variables (Keras makes them at the first training step) from one batch, so that
+    a resumed epoch's running metrics can be loaded before its first step; Keras resets their values at the
+    epoch's start."""
+    batch = next(iter(ds.take(1)))
+    x, y = batch[0], batch[1]
+    weight = batch[2] if len(batch) > 2 else None
+    runner.compute_metrics(x, y, runner(x, training=False), sample_weight=weight)
+
+
+class _StepHook(keras.callbacks.Callback):
+    """Calls ``on_step(runner, optimizer, phase, epoch, step)`` after every graph call of a one-epoch fit."""
+
+    def __init__(self, on_step, runner, optimizer, phase: int, epoch: int, skipped: int, steps: int):
+        super().__init__()
+        self.on_step, self.runner, self.optimizer = on_step, runner, optimizer
+        self.phase, self.epoch, self.skipped, self.steps = phase, epoch, skipped, steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self.skipped + int(batch) + 1
+        if done < self.steps:  # the epoch's last step is followed by its end-of-epoch checkpoint
+            self.on_step(self.runner, self.optimizer, self.phase, self.epoch, done)
+
+
+class _RestoreMetrics(keras.callbacks.Callback):
+    """At the resumed epoch's start (Keras has just reset the metrics), the running metrics of the checkpoint."""
+
+    def __init__(self, runner, arrays):
+        super().__init__()
+        self.runner, self.arrays = runner, arrays
+
+    def on_epoch_begin(self, epoch, logs=None):
+        variables = self.runner.metrics_variables
+        saved = sorted(k for k in self.arrays if k.startswith("metric_"))
+        if len(saved) != len(variables):
+            raise ValueError(f"The checkpoint holds {len(saved)} metric variables but the phase has "
+                             f"{len(variables)}: it was written with other settings.")
+        for key, variable in zip(saved, variables):
+            variable.assign(self.arrays[key])
 
 
 class _EpochEnd(keras.callbacks.Callback):

@@ -6,12 +6,11 @@ import difflib
 import keras
 
 from kcnn.registry import get_entry, list_models
+from kcnn.transfer import families
 
 
 KERAS = "keras.applications"
 KCNN = "kcnn"
-#: Smallest input side keras.applications accepts, where it is not 32.
-_KERAS_MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
 
 
 def _keras_names() -> list[str]:
@@ -61,9 +60,10 @@ def keras_family(arch: str) -> str:
 
 
 def min_size_of(source: str, arch: str) -> int:
+    """Smallest input side of ``arch``: the registry's for kcnn models, the family table's for keras.applications."""
     if source == KCNN:
         return get_entry(arch).min_size
-    return _KERAS_MIN_SIZE.get(arch, 32)
+    return families.min_size(arch)
 
 
 def check_shape(arch: str, input_shape, min_size: int) -> tuple:

@@ -192,10 +192,11 @@ class PhaseRun:
 
     def __init__(self, plan: PhasePlan, model, backbone, history, *, count: int, steps: int,
                  initial_epoch: int = 0, resume_state: dict | None = None, verbose: bool = True,
-                 on_phase_end=None):
+                 on_phase_end=None, resume_step: int = 0):
         self.plan, self.model, self.backbone, self.history = plan, model, backbone, history
         self.count, self.steps, self.initial_epoch, self.resume_state = count, steps, initial_epoch, resume_state
         self.verbose, self.on_phase_end = verbose, on_phase_end
+        self.resume_step = int(resume_step or 0)
         self.phase, self.number = plan.phase, plan.number
         self.bn_restore: dict = {}
         self._optimizer = None
@@ -214,7 +215,9 @@ class PhaseRun:
         self.first = plan.first_epoch(self.initial_epoch)
         self.multipliers = prepare_phase(self.model, self.backbone, plan)
         self.record["trainable_params"] = int(sum(math.prod(v.shape) for v in self.model.trainable_variables))
-        self.restoring = self.first > plan.start and checkpoint_phase(self.resume_state) == self.number
+        inside = self.resume_step > 0 and self.first == self.initial_epoch  # written inside epoch `first`
+        self.restoring = (self.first > plan.start or inside) and checkpoint_phase(self.resume_state) == self.number
+        self.resume_step = self.resume_step if self.restoring and inside else 0
         self.rate = phase_rate(self.phase, self.steps,
                                offset=0 if self.restoring else (self.first - plan.start) * self.steps)
         #: the epoch the rate schedule counts from (a restored optimizer: the phase's start)

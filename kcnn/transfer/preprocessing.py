@@ -5,6 +5,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from kcnn.transfer.families import family_of
 from kcnn.transfer.names import KCNN, keras_family, resolve_arch
 
 
@@ -20,15 +21,6 @@ PREPROCESSING = {
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
-
-#: keras.applications module -> preprocessing mode (the mode of its ``preprocess_input``).
-_FAMILY_PREPROCESSING = {
-    "vgg16": "caffe", "vgg19": "caffe", "resnet": "caffe",
-    "resnet_v2": "tf", "mobilenet": "tf", "mobilenet_v2": "tf", "xception": "tf", "inception_v3": "tf",
-    "inception_resnet_v2": "tf", "nasnet": "tf",
-    "densenet": "torch",
-    "efficientnet": "none", "efficientnet_v2": "none", "convnext": "none", "mobilenet_v3": "none",
-}
 
 
 def preprocess_layer(mode: str, name: str = "preprocess") -> layers.Layer:
@@ -96,7 +88,8 @@ def preprocessing_mode(name: str, weights=None) -> str:
     source, arch = resolve_arch(name)
     if source == KCNN:
         return "caffe" if isinstance(weights, str) and weights == "imagenet" else "unit"
-    return _FAMILY_PREPROCESSING.get(keras_family(arch)) or _probe_mode(arch)
+    family = family_of(arch)  # the mode is the family table's (kcnn.transfer.families)
+    return family.preprocessing if family is not None else _probe_mode(arch)
 
 
 def _probe_mode(arch: str) -> str:
