@@ -1,38 +1,18 @@
 """Training speed: the per-device settings kcnn trains with, a fused batch-norm layer, and the machine's peak.
 
-CIFAR ResNet-20, batch 128, 32 px, training, 2 cores of an Intel CPU with AVX-512 and AMX, TensorFlow 2.21 /
-Keras 3.15, each setting in its own process, 2 rounds x 3 epochs (re-measure with ``python -m recipes.bench`` and
-its lever options):
-
-=====================================================  =========  ==================  ================
-setup (one lever changed from kcnn's settings)         img/s      vs kcnn's float32   vs PyTorch eager
-=====================================================  =========  ==================  ================
-kcnn's float32 settings (steps 16 per call, fused BN)  656        1.00                1.20x
-``mixed_bfloat16`` (AMX): kcnn's setting on this CPU   1,089      1.66                1.99x
-Keras' own batch norm                                  444        0.68                0.81x
-``steps_per_execution=1``                              654        1.00                1.20x
-inter-op threads 1 (intra 0 or 2)                      603-612    0.92-0.93
-remapper off                                           639        0.97
-8 distinct batches, no prefetch (input pipeline)       656        1.00
-XLA (``jit_compile=True``)                             279        0.43
-PyTorch 2.13 eager, channels-last, float32             547        0.83                1.00x
-=====================================================  =========  ==================  ================
+What each setting is for (the measurements, with their commands and machines, are in docs/performance.md;
+re-measure with ``python -m recipes.bench`` and its lever options):
 
 * `FusedBatchNormalization` computes batch norm with TensorFlow's fused kernel (``FusedBatchNormV3``); Keras
-  3's own layer builds it from separate ops (moments, then normalisation): a third of a ResNet-20 training step
-  and 29% of a ResNet-50 one (5.5 -> 7.7 img/s at 224 px, batch 16). keras.applications backbones get it too
-  (`fuse_batch_norm`).
+  3's own layer builds it from separate ops (moments, then normalisation), a large share of a ResNet's training
+  step. keras.applications backbones get it too (`fuse_batch_norm`).
 * bfloat16 on AMX: oneDNN runs bfloat16 convolutions on the AMX tiles; the variables stay float32. Without AMX
-  (an AMD EPYC with AVX512_BF16, an earlier release) ``mixed_bfloat16`` was 0.56x float32, so `auto_precision`
-  picks it only where the CPU reports ``amx_bf16``.
-* ``steps_per_execution=16`` (16 training steps per call into the graph) made no difference at batch 128 here;
-  it did on an older machine (0.94x -> 1.16x PyTorch with the fused batch norm) and on the short epochs of the
-  demo, so it stays. XLA and fewer inter-op threads were slower; the remapper and the input pipeline did not
-  matter for this in-memory benchmark.
-* oneDNN is a large win: TensorFlow turns it on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on an AVX2
-  AMD EPYC it was off and a ResNet-20 step took 0.69-0.79 s instead of 0.43 s (``TF_ENABLE_ONEDNN_OPTS=0``:
-  0.46x). `enable_onednn` turns it on for the process (call it before TensorFlow is imported; the recipes do);
-  importing kcnn changes no environment variable.
+  bfloat16 was slower than float32, so `auto_precision` picks it only where the CPU reports ``amx_bf16``.
+* ``steps_per_execution=16`` (16 training steps per call into the graph) pays on short epochs and older
+  machines and costs nothing elsewhere. XLA and fewer inter-op threads were slower on the CPUs measured.
+* oneDNN: TensorFlow turns it on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; without it a ResNet
+  step runs through Eigen at about half the speed. `enable_onednn` turns it on for the process (call it before
+  TensorFlow is imported; the recipes do); importing kcnn changes no environment variable.
 
 ``import kcnn.perf`` imports neither TensorFlow nor Keras: the functions import them when called, and the
 fused batch-norm class is made on first use (at import when Keras is already loaded).
@@ -110,10 +90,10 @@ def auto_precision(device: str | None = None) -> str:
     """The training precision kcnn's recipes use with ``--precision auto``.
 
     ``"mixed_bfloat16"`` on a CPU with AMX (Intel's matrix units, flag ``amx_bf16``): oneDNN runs bfloat16
-    convolutions and matmuls there on the AMX tiles: a CIFAR ResNet-20 trained 1.66x as fast as in float32 and a
-    ResNet-50 at 224 px 1.71x (README, "Performance"); the variables stay float32. ``"float32"`` on
-    every other CPU (without AMX, bfloat16 was 0.56x float32) and on a GPU (not measured with kcnn; pass
-    ``precision="mixed_bfloat16"`` yourself). ``$KCNN_PRECISION`` (float32 or mixed_bfloat16), when set, is the
+    convolutions and matmuls there on the AMX tiles, much faster than float32 (docs/performance.md); the variables
+    stay float32. ``"float32"`` on every other CPU (without AMX, bfloat16 was slower than float32) and on a GPU
+    (not measured with kcnn; pass ``precision="mixed_bfloat16"`` yourself). ``$KCNN_PRECISION`` (float32 or
+    mixed_bfloat16), when set, is the
     answer instead: one machine's or one test suite's fixed choice.
 
     Raises:
@@ -288,8 +268,7 @@ def enable_onednn() -> bool:
 
     When it matters: TensorFlow turns oneDNN on by itself only on x86 CPUs with AVX-512 VNNI/BF16 or AMX. On
     AVX2-only x86 CPUs (many AMD EPYC and older Intel parts) it is off by default, and convolutions run
-    through Eigen: a CIFAR ResNet-20 training step at batch 128 took 0.69-0.79 s instead of 0.43 s on a 2-core
-    AVX2 EPYC. It has no effect on GPU kernels.
+    through Eigen at about half the speed (docs/performance.md). It has no effect on GPU kernels.
 
     Returns:
         True if oneDNN will be (or already is) on in this process: the variable was set to 1 here, the user

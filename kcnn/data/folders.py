@@ -8,7 +8,7 @@ PNG by ``tf.io.decode_png`` (alpha dropped). Every other file goes through Pillo
 converted to RGB: palette, CMYK and 16-bit images included; an animated GIF gives its first frame; an
 EXIF-rotated JPEG comes out upright as a photo viewer shows it. Then one resize in the graph, to uint8:
 bilinear, antialiased when it reduces by more than 1.25x on an axis (as Pillow's BILINEAR), plain bilinear
-below that (as close to a Lanczos reference there, and 2-3x cheaper). Where a split is decoded depends on its
+below that (as close to a Lanczos reference there, and cheaper). Where a split is decoded depends on its
 size and on ``cache``:
 
 * ``cache=True`` (the default) or ``"memory"``, and the split's decoded images (``n * height * width * 3``
@@ -176,7 +176,7 @@ def _resize(image: tf.Tensor, size) -> tf.Tensor:
 
     A reduction by more than :data:`_ANTIALIAS_ABOVE` on either axis is antialiased (a triangle filter as wide
     as the reduction, Pillow's BILINEAR); a smaller one or an enlargement samples plain bilinear, which is as
-    close to a Lanczos reference there and 2-3x cheaper.
+    close to a Lanczos reference there and cheaper.
     """
     shape = tf.shape(image)[:2]
     factor = tf.reduce_max(tf.cast(shape, tf.float32) / tf.constant(size, tf.float32))

@@ -226,7 +226,7 @@ def make_glyphs(num_examples: int, *, seed: int = 0, classes: str = GLYPH_CLASSE
     each 4×4 block counted, giving 8×8 values in 0..16. The pen forms and the widening lift a 5-nearest-
     neighbour classifier fitted on 8,000 glyphs from 0.56 to 0.81 on the real digits (0.1 is chance). Render
     them with :func:`render_counts`, as the digits are. Rendered glyph variants are cached; the warps are
-    vectorized numpy (about 10,000 images/s on one core).
+    vectorized numpy.
 
     Args:
         num_examples: Number of examples.

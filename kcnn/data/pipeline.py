@@ -325,7 +325,7 @@ def _augment_batch(images, labels, seed, pad: int, flip: bool):
     """A random crop of the zero-padded images (shift by -pad..pad px per axis), maybe mirrored, per image.
 
     One batched integer-translation kernel (``ImageProjectiveTransformV3``, nearest, zero fill) does the pad,
-    the crop and the flip without materializing the padded batch: about 2.5x faster than gathers.
+    the crop and the flip without materializing the padded batch, which is cheaper than gathers.
     """
     shape = tf.shape(images)
     batch, width = shape[0], shape[2]

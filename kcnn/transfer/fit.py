@@ -335,10 +335,9 @@ def resident(ds, limit: int = RESIDENT_VAL_BYTES):
     """``ds`` (finite, unaugmented, fixed order) as in-memory batches, when they take at most ``limit`` bytes.
 
     Keras validates at every epoch's end with a fresh iterator; over a pipeline of gathers, renders and
-    autotuned prefetches that start costs more than a one-step epoch's training (measured: vgg_cifar on the
-    demo's digits, Keras ``fit`` of one-step epochs, 145-147 ms an epoch validating from the pipeline, 96-99 ms
-    from resident batches, 2 cores, float32). The batches and their order
-    are kept, so the metrics are the same. Larger or unknown-size data are returned as they are.
+    autotuned prefetches that start costs more than a one-step epoch's training (the demo's epochs:
+    docs/performance.md). The batches and their order are kept, so the metrics are the same. Larger or unknown-size
+    data are returned as they are.
     """
     if ds is None:
         return None
