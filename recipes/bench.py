@@ -42,6 +42,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from kcnn import options
 from recipes import _cli
 
 
@@ -76,8 +77,8 @@ class BenchConfig:
     steps_per_execution: int = _opt(0, "training steps per graph call (0: auto, 16)")
     jit_compile: str = _opt("auto", "auto | on | off: XLA (auto: off on CPU, Keras' default on GPU)",
                             ("auto", "on", "off"))
-    mixed_precision: str = _opt("auto", "auto | float32 | mixed_float16 | mixed_bfloat16",
-                                ("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+    precision: str = _opt("auto", "auto | float32 | mixed_float16 | mixed_bfloat16 (spelled as the training "
+                                  "recipes' --precision; mixed_float16 for GPUs)", ("auto", *options.POLICIES))
     batch_norm: str = _opt("fused", "fused (kcnn.perf.FusedBatchNormalization, kcnn's default) | keras "
                                     "(keras.layers.BatchNormalization)", ("fused", "keras"))
     data: str = _opt("repeat", "repeat (one batch: Dataset.from_tensors().repeat()) | slices (8 distinct "
@@ -142,7 +143,7 @@ def _torch_reference(cfg, arch, batch_size, image_size):
     bench_torch = _bench_torch()
     return bench_torch, bench_torch.Reference(_twin(bench_torch, arch), batch_size, image_size, cfg.classes,
                                               seed=cfg.seed, device=cfg.torch_device,
-                                              amp=amp_policy(cfg.mixed_precision), train=cfg.train)
+                                              amp=amp_policy(cfg.precision), train=cfg.train)
 
 
 def _load() -> list[float]:
@@ -249,7 +250,7 @@ def run(cfg: BenchConfig) -> int:
     settings = perf.auto_settings(
         steps_per_execution=cfg.steps_per_execution or None,
         jit_compile={"auto": None, "on": True, "off": False}[cfg.jit_compile],
-        mixed_precision=None if cfg.mixed_precision == "auto" else cfg.mixed_precision)
+        mixed_precision=None if cfg.precision == "auto" else cfg.precision)
     if cfg.jit_compile == "auto":  # what Keras' "auto" resolves to, which fit_schedule's compile uses
         settings["jit_compile"] = settings["device"] == "gpu"
     keras.utils.set_random_seed(cfg.seed)

@@ -36,10 +36,10 @@ def worker_commands(cfg, arch: str, batch_size: int, image_size: int, twin: str)
               "--seed", str(cfg.seed), "--json"]
     kcnn = [sys.executable, "-m", "recipes.bench", "--model", arch, *common,
             "--steps-per-execution", str(cfg.steps_per_execution), "--jit-compile", cfg.jit_compile,
-            "--mixed-precision", cfg.mixed_precision, "--batch-norm", cfg.batch_norm, "--data", cfg.data,
+            "--precision", cfg.precision, "--batch-norm", cfg.batch_norm, "--data", cfg.data,
             "--prefetch" if cfg.prefetch else "--no-prefetch", "--intra-op", str(cfg.intra_op),
             "--inter-op", str(cfg.inter_op), "--remapper", cfg.remapper]
-    precision = cfg.mixed_precision
+    precision = cfg.precision
     if precision == "auto" and cfg.torch_device != "cuda" and not _cuda():
         # kcnn's automatic CPU precision (bfloat16 with AMX, read from the CPU's flags without TensorFlow): the
         # twin runs the same, so the ratio compares like with like

@@ -52,8 +52,8 @@ fi
 
 run() {  # name, then bench options
     local name=$1; shift
-    echo "== $name: python -m recipes.bench $* --mixed-precision $MP --reference torch --json"
-    timeout "${STEP_TIMEOUT:-240}" "$PYTHON" -m recipes.bench "$@" --mixed-precision "$MP" --reference torch \
+    echo "== $name: python -m recipes.bench $* --precision $MP --reference torch --json"
+    timeout "${STEP_TIMEOUT:-240}" "$PYTHON" -m recipes.bench "$@" --precision "$MP" --reference torch \
         --worker-timeout "${STEP_TIMEOUT:-240}" --json 2>&1 | tee "$OUT_DIR/$name.log"
     tail -n 1 "$OUT_DIR/$name.log" > "$OUT_DIR/$name.json"
 }

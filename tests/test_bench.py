@@ -205,7 +205,7 @@ def test_reference_torch_without_torch_exits_2(monkeypatch, capsys):
 def test_bench_refuses_bad_options(capsys):
     assert bench.main(["--steps", "0"]) == 2
     assert bench.main(["--feature-cache", "--reference", "torch"]) == 2
-    assert bench.main(["--mixed-precision", "fp8"]) == 2
+    assert bench.main(["--precision", "fp8"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3
 

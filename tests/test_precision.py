@@ -53,7 +53,7 @@ def test_fair_bench_gives_the_twin_kcnns_automatic_precision(monkeypatch):
     class Cfg:
         classes, steps, epochs, train, seed, steps_per_execution, jit_compile = 10, 2, 1, "all", 0, 0, "auto"
         batch_norm, data, prefetch, intra_op, inter_op, remapper = "fused", "repeat", True, 0, 0, "on"
-        mixed_precision, torch_device = "auto", "cpu"
+        precision, torch_device = "auto", "cpu"
 
     monkeypatch.delenv("KCNN_PRECISION", raising=False)
     for flags, amp in ((AMX, "bfloat16"), (NO_AMX, "none")):
