@@ -10,6 +10,7 @@ from PIL import Image
 
 from kcnn import data as kdata
 from kcnn.data import folders as kfolders
+from kcnn.data import probe
 
 
 def _save(path, image, fmt=None, **kwargs):
@@ -212,7 +213,7 @@ def test_a_png_declaring_more_pixels_than_pillows_limit_is_skipped_and_named(tmp
     root = tmp_path / "pets"
     _unique_folder(root, {"cat": 5, "dog": 5})
     (root / "cat" / "bomb.png").write_bytes(_png_declaring(100_000, 100_000))
-    assert kfolders._png_header_size(root / "cat" / "bomb.png") == (100_000, 100_000)
+    assert probe.png_header_size(root / "cat" / "bomb.png") == (100_000, 100_000)
     with pytest.warns(UserWarning, match=r"skipped 1 of 11 image files .*bomb\.png \(too large"):
         splits = kdata.load(root, image_size=8, batch_size=5, val_fraction=0, test_fraction=0, cache=cache)
     [(path, reason)] = splits.skipped
@@ -234,9 +235,9 @@ def test_the_pixel_limit_is_pillows_whichever_decoder_reads_the_file(tmp_path, m
     _save(root / "cat" / "big.png", big)                             # tf.io.decode_png
     _save(root / "dog" / "big.jpg", big, quality=90)                 # tf.io.decode_jpeg
     _save(root / "dog" / "big_palette.png", big.convert("P", palette=Image.ADAPTIVE))  # Pillow
-    decoders = {p.name: kfolders._check_file(p, (8, 8))[3] for p in sorted(root.rglob("big*"))}
-    assert decoders == {"big.png": kfolders._PNG, "big.jpg": kfolders._JPEG + kfolders._JPEG_RATIOS.index(2),
-                        "big_palette.png": kfolders._PILLOW}
+    decoders = {p.name: probe.check_file(p, (8, 8))[3] for p in sorted(root.rglob("big*"))}
+    assert decoders == {"big.png": probe.PNG, "big.jpg": probe.JPEG + probe.JPEG_RATIOS.index(2),
+                        "big_palette.png": probe.PILLOW}
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)              # 400 > 300 > 120
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow's own, at open of the JPEG
@@ -344,13 +345,13 @@ def test_each_file_gets_the_graph_decoder_where_it_can(tmp_path):
     _save(a / "cmyk.jpg", rgb.convert("CMYK"))
     _exif_rotated_jpeg(a / "rotated.jpg")
     _save(a / "16bit.png", Image.fromarray(np.full((8, 16), 300, np.uint16)))
-    decoders = {p.name: kfolders._check_file(p, (24, 24))[3] for p in sorted(a.iterdir())}
-    jpeg = {r: kfolders._JPEG + kfolders._JPEG_RATIOS.index(r) for r in (1, 2, 4, 8)}
-    assert decoders == {"big.jpg": jpeg[4], "small.jpg": jpeg[1], "rgb.png": kfolders._PNG,
-                        "gray.png": kfolders._PNG, "palette.png": kfolders._PILLOW,
-                        "cmyk.jpg": kfolders._PILLOW, "rotated.jpg": kfolders._PILLOW,
-                        "16bit.png": kfolders._PILLOW}
-    assert kfolders._check_file(a / "big.jpg", (48, 48))[3] == jpeg[2]      # min(260 // 48, 100 // 48) = 2
+    decoders = {p.name: probe.check_file(p, (24, 24))[3] for p in sorted(a.iterdir())}
+    jpeg = {r: probe.JPEG + probe.JPEG_RATIOS.index(r) for r in (1, 2, 4, 8)}
+    assert decoders == {"big.jpg": jpeg[4], "small.jpg": jpeg[1], "rgb.png": probe.PNG,
+                        "gray.png": probe.PNG, "palette.png": probe.PILLOW,
+                        "cmyk.jpg": probe.PILLOW, "rotated.jpg": probe.PILLOW,
+                        "16bit.png": probe.PILLOW}
+    assert probe.check_file(a / "big.jpg", (48, 48))[3] == jpeg[2]      # min(260 // 48, 100 // 48) = 2
 
 
 def test_a_large_jpeg_decoded_at_a_dct_scale_is_close_to_pillows_full_decode(tmp_path):
@@ -360,7 +361,7 @@ def test_a_large_jpeg_decoded_at_a_dct_scale_is_close_to_pillows_full_decode(tmp
     for c in ("a", "b"):
         _save(root / c / "0.jpg", Image.fromarray(smooth), quality=95)
     splits = kdata.load(root, image_size=48, val_fraction=0, test_fraction=0)
-    assert kfolders._check_file(root / "a" / "0.jpg", (48, 48))[3] == kfolders._JPEG  # ratio 8: 50x50
+    assert probe.check_file(root / "a" / "0.jpg", (48, 48))[3] == probe.JPEG  # ratio 8: 50x50
     reference = np.asarray(Image.fromarray(smooth).resize((48, 48), Image.BILINEAR), np.float32)
     x, _ = splits.arrays["train"]
     assert np.abs(x[0] - reference).mean() < 2.0 and np.abs(x[0] - reference).max() < 12
@@ -375,8 +376,8 @@ def test_a_jpeg_corrupt_inside_keeps_its_place_as_a_black_image(tmp_path, monkey
     huffman = data.index(b"\xff\xc4")
     data[huffman + 5:huffman + 21] = b"\xff" * 16          # a bogus Huffman table: the header still reads
     (root / "a" / "zz_bad.jpg").write_bytes(bytes(data))
-    assert kfolders._check_file(root / "a" / "zz_bad.jpg", (12, 10))[::3] == \
-        (None, kfolders._JPEG + kfolders._JPEG_RATIOS.index(2))
+    assert probe.check_file(root / "a" / "zz_bad.jpg", (12, 10))[::3] == \
+        (None, probe.JPEG + probe.JPEG_RATIOS.index(2))
     monkeypatch.setattr(kfolders, "FOLDER_MEMORY_BYTES", 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

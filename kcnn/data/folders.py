@@ -50,6 +50,7 @@ import tensorflow as tf
 from kcnn.data.arrays import as_float
 from kcnn.data.errors import IMAGE_EXTENSIONS, SPLITS, DataError, DataNotFoundError
 from kcnn.data.pipeline import index_dataset, MemoryPart, Part
+from kcnn.data.probe import JPEG_RATIOS, check_file, image_files
 from kcnn.data.splits import carve_split, carve_sizes, stratified_indices
 
 #: A split whose decoded images (uint8, ``n * height * width * 3`` bytes) take at most this many bytes is
@@ -58,94 +59,14 @@ from kcnn.data.splits import carve_split, carve_sizes, stratified_indices
 FOLDER_MEMORY_BYTES = 256 * 2**20
 
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
-_TAIL_BYTES = 1024
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_END_MARKERS = {"JPEG": (b"\xff\xd9", "JPEG end-of-image marker (FFD9)"), "PNG": (b"IEND", "PNG IEND chunk")}
 _CACHE_VERSION = b"kcnn-folder-cache-2"
 _ROTATED = (5, 6, 7, 8)   # EXIF orientations that swap width and height
-_PILLOW, _PNG, _JPEG = 0, 1, 2      # decoders; _JPEG + k decodes at DCT scale 1 / _JPEG_RATIOS[k]
-_JPEG_RATIOS = (8, 4, 2, 1)
 _ANTIALIAS_ABOVE = 1.25   # reductions by more than this factor are antialiased
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Listing, checking, decoding
+# Decoding (listing and the cheap look at each file: kcnn.data.probe)
 # ---------------------------------------------------------------------------------------------------------
-
-def _image_files(folder: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath) / f for f in sorted(filenames)
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
-    return files
-
-
-def _too_large(width: int, height: int) -> str | None:
-    """Why an image of ``width x height`` is skipped, if it declares more pixels than Pillow's limit
-    (``PIL.Image.MAX_IMAGE_PIXELS``, read at each call; None: no limit): the decompression-bomb guard, for the
-    files TensorFlow's decoders read as for Pillow's."""
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is None or width * height <= limit:
-        return None
-    return (f"too large: its header declares {width} x {height} = {width * height:,} pixels, more than "
-            f"PIL.Image.MAX_IMAGE_PIXELS ({int(limit):,}; a decompression-bomb guard: raise it to read the "
-            f"file)")
-
-
-def _png_header_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from a PNG's IHDR chunk (bytes 16-24), or None if the file is not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-
-
-def _check_file(path: Path, size) -> tuple[str | None, int, int, int]:
-    """``(None or why the file is skipped, size in bytes, modification time in ns, decoder)`` from a cheap look.
-
-    The decoder is :data:`_PILLOW`, :data:`_PNG`, or a JPEG decoded in the graph at DCT scale ``1/ratio``
-    (``_JPEG_RATIOS``), ``ratio`` the largest of 1, 2, 4, 8 that keeps the image at least ``size`` (Pillow's
-    draft rule). A file whose header declares more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` is skipped
-    whichever decoder would read it (`_too_large`); a PNG's is read from its IHDR before Pillow opens it.
-    """
-    from PIL import Image
-
-    try:
-        stat = path.stat()
-        if stat.st_size == 0:
-            return "empty file (0 bytes)", 0, stat.st_mtime_ns, _PILLOW
-        png = _png_header_size(path)
-        if png is not None and _too_large(*png):
-            return _too_large(*png), 0, 0, _PILLOW
-        with Image.open(path) as image:
-            if _too_large(*image.size):  # JPEG, GIF, BMP, ...: before anything is decoded
-                return _too_large(*image.size), 0, 0, _PILLOW
-            if image.format in _END_MARKERS:
-                marker, name = _END_MARKERS[image.format]
-                with open(path, "rb") as f:
-                    f.seek(max(0, stat.st_size - _TAIL_BYTES))
-                    if marker not in f.read():
-                        return f"truncated: no {name} in its last {_TAIL_BYTES} bytes", 0, 0, _PILLOW
-            else:
-                image.load()    # GIF (first frame), BMP: rare, cheap to decode
-            return None, stat.st_size, stat.st_mtime_ns, _decoder(image, size)
-    except Exception as err:  # noqa: BLE001 - any failure skips the file with its reason
-        return f"{type(err).__name__}: {err}", 0, 0, _PILLOW
-
-
-def _decoder(image, size) -> int:
-    """How an opened, checked file is decoded: in the graph (plain JPEG, 8-bit PNG) or by Pillow (the rest)."""
-    if image.format == "PNG" and image.mode in ("RGB", "RGBA", "L", "LA") and "exif" not in image.info:
-        return _PNG                         # palette, 1-bit and 16-bit grayscale go to Pillow
-    if image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(0x0112, 1) == 1:
-        scale = min(image.size[0] // size[1], image.size[1] // size[0])
-        return _JPEG + next(k for k, r in enumerate(_JPEG_RATIOS) if max(scale, 1) >= r)
-    return _PILLOW                          # EXIF-rotated or CMYK JPEG, GIF, BMP, TIFF, WebP, ...
-
 
 def _pillow_rgb(path, size) -> np.ndarray:
     """uint8 ``(h, w, 3)`` of an image file decoded by Pillow, upright, not resized (a large JPEG is decoded
@@ -371,7 +292,7 @@ class _FilePart(Part):
                                              dct_method="INTEGER_ACCURATE")
 
         branches = [lambda: self._pillow_tensor(i), lambda: tf.io.decode_png(tf.io.read_file(paths[i]), 3)]
-        branches += [jpeg(r) for r in _JPEG_RATIOS]
+        branches += [jpeg(r) for r in JPEG_RATIOS]
         image = tf.switch_case(decoders[i], branches)
         image.set_shape((None, None, 3))
         return _resize(image, self.image_size)
@@ -549,12 +470,12 @@ def folder_parts(root: Path, size, fractions, seed, cache=True):
         files: list[Path] = []
         file_class: list[str] = []
         for c in classes:
-            found = _image_files(c)
+            found = image_files(c)
             if not found:
                 empty.append(str(c))
             files += found
             file_class += [c.name] * len(found)
-        checks = _map_threads(lambda f: _check_file(f, size), files)
+        checks = _map_threads(lambda f: check_file(f, size), files)
         total += len(files)
         ok = [i for i, check in enumerate(checks) if check[0] is None]
         skipped += [(str(path), check[0]) for path, check in zip(files, checks) if check[0] is not None]
