@@ -112,28 +112,30 @@ def partial_dir(directory) -> Path:
     return directory.with_name(f"{directory.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _check_temp_dir(tmp: Path, what: str) -> None:
+    if not TEMP_DIR.match(tmp.name):
+        raise NotOurs(f"{what} {tmp}: not one of kcnn's temporary folders")
+
+
 def publish_dir(tmp, directory) -> bool:
     """Rename the filled folder ``tmp`` (from `partial_dir`) to ``directory``, then delete ``tmp`` if it is still
     there. Returns False when ``directory`` already existed (another process published first): it is left as it is.
     """
     tmp = Path(tmp)
-    if not TEMP_DIR.match(tmp.name):
-        raise NotOurs(f"publish_dir {tmp}: not one of kcnn's temporary folders")
+    _check_temp_dir(tmp, "publish_dir")
     try:
         os.rename(tmp, directory)  # atomic; fails if the target exists
         return True
     except OSError:
         return False
     finally:
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
+        discard_partial_dir(tmp)
 
 
 def discard_partial_dir(tmp) -> None:
     """Delete the temporary folder ``tmp`` from `partial_dir` (a write that failed before `publish_dir`)."""
     tmp = Path(tmp)
-    if not TEMP_DIR.match(tmp.name):
-        raise NotOurs(f"discard_partial_dir {tmp}: not one of kcnn's temporary folders")
+    _check_temp_dir(tmp, "discard_partial_dir")
     if tmp.is_dir() and not tmp.is_symlink():
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -145,8 +147,7 @@ def replace_dir(tmp, directory) -> None:
     export.json names it); a symlink or a file there is refused.
     """
     tmp, directory = Path(tmp), Path(directory)
-    if not TEMP_DIR.match(tmp.name):
-        raise NotOurs(f"replace_dir {tmp}: not one of kcnn's temporary folders")
+    _check_temp_dir(tmp, "replace_dir")
     if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
         discard_partial_dir(tmp)
         raise NotOurs(f"replace_dir {directory}: not a folder kcnn wrote; left as it is")
@@ -192,18 +193,24 @@ def foreign_entries(folder, patterns) -> list[str]:
     return sorted(child.name for child in Path(folder).iterdir() if not owned(child.name, patterns))
 
 
-def clear_owned(folder, patterns, *, what: str = "--overwrite") -> list[str]:
-    """Delete the entries of kcnn's ``folder`` that match ``patterns`` (and kcnn's temporary files).
-
-    Refuses first, deleting nothing, when the folder holds anything else: `NotOurs` names up to five of those
-    entries. Returns the names deleted.
-    """
-    folder = Path(folder)
+def check_only_own(folder, patterns, *, what: str = "--overwrite", error: type = None) -> None:
+    """Refuse (``error``, default `NotOurs`) a ``folder`` that holds entries kcnn does not write there, naming up to
+    five of them: what every ``--overwrite`` checks before it deletes anything."""
     others = foreign_entries(folder, patterns)
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise NotOurs(f"{what} {folder}: it also holds files kcnn did not write ({shown}); kcnn deletes only its "
-                      "own: move them out, or choose another --out")
+        raise (error or NotOurs)(f"{what} {folder}: it also holds files kcnn did not write ({shown}); kcnn deletes "
+                                 "only its own: move them out, or choose another --out")
+
+
+def clear_owned(folder, patterns, *, what: str = "--overwrite") -> list[str]:
+    """Delete the entries of kcnn's ``folder`` that match ``patterns`` (and kcnn's temporary files).
+
+    Refuses first, deleting nothing, when the folder holds anything else (`check_only_own`). Returns the names
+    deleted.
+    """
+    folder = Path(folder)
+    check_only_own(folder, patterns, what=what)
     removed = []
     for child in sorted(folder.iterdir()):
         _remove_entry(child)

@@ -183,7 +183,30 @@ def auto_settings(device: str | None = None, **overrides) -> dict:
     return settings
 
 
-class CompileSettings(dict):
+class ScopedChange:
+    """A process-wide setting a call changed, and how to put it back: `restore` (once; again is harmless) or the
+    end of a ``with`` block. ``before`` None: nothing was changed. Subclasses put ``before`` back in `put_back`."""
+
+    def __init__(self, before):
+        self._before = before
+
+    def put_back(self, before) -> None:
+        raise NotImplementedError
+
+    def restore(self) -> None:
+        if self._before is not None:
+            before, self._before = self._before, None
+            self.put_back(before)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.restore()
+        return False
+
+
+class CompileSettings(ScopedChange, dict):
     """The ``model.compile`` kwargs `apply_settings` returns; ``with`` it to put the dtype policy back after.
 
     A plain dict of ``steps_per_execution`` and ``jit_compile`` (``model.compile(**kwargs)``) that also ends
@@ -192,23 +215,13 @@ class CompileSettings(dict):
     """
 
     def __init__(self, kwargs: dict, policy_before):
-        super().__init__(kwargs)
-        self._before = policy_before
+        dict.__init__(self, kwargs)
+        ScopedChange.__init__(self, policy_before)
 
-    def restore(self) -> None:
-        if self._before is None:
-            return
+    def put_back(self, before) -> None:
         import keras
 
-        keras.mixed_precision.set_global_policy(self._before)
-        self._before = None
-
-    def __enter__(self) -> "CompileSettings":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.restore()
-        return False
+        keras.mixed_precision.set_global_policy(before)
 
 
 def apply_settings(settings: dict) -> CompileSettings:
@@ -582,7 +595,7 @@ if "keras" in sys.modules:  # Keras is loaded already (kcnn.layers imports it fi
 
 __all__ = [
     "auto_settings", "apply_settings", "CompileSettings", "detect_device", "set_threads", "enable_onednn",
-    "onednn_enabled",
+    "onednn_enabled", "ScopedChange",
     "matmul_peak_gflops", "save_portable", "load_model", "fuse_batch_norm", "cpu_flags", "auto_precision",
     "resolve_precision", "PRECISIONS",
     "BatchNormalization", "FusedBatchNormalization", "use_fused_batch_norm", "batch_norm_class",

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from kcnn.files import (TEMP_FILE, TEMP_MARKER, FilesError, atomic_write_bytes, atomic_write_text,  # noqa: F401
-                        clear_owned, discard, disk_error, foreign_entries, remove_owned)
+                        check_only_own, clear_owned, discard, disk_error, foreign_entries, remove_owned)
 
 MARKER = "kcnn-run.json"
 MARKER_FORMAT = "kcnn-run"
@@ -44,8 +44,7 @@ _STEP_NAME = re.compile(r"^step-\d{4,}-\d{7,}\.npz$")
 #: What kcnn writes in a run folder of train / finetune / pretrain (glob patterns): ``--overwrite`` deletes these and
 #: refuses when the folder holds anything else. ``export``/``export.json``: recipes.export's default output.
 RUN_FILES = (MARKER, "config.toml", "state.json", "history.csv", "checkpoint-*.npz", "best-*.npz", "step-*.npz",
-             "model.keras",
-             "labels.json", "report.json", "kcnn.json", "curves.png", "confusion.png", "gradcam.png",
+             "model.keras", "labels.json", "report.json", "kcnn.json", "curves.png", "confusion.png", "gradcam.png",
              "top_losses.png", "augment.png", "logs", "error.log", "export", "export.json")
 #: What ``recipes.tune`` writes in its folder (keras-tuner's project folder is ``search``).
 TUNE_FILES = RUN_FILES + ("search.json", "search", "trials.csv", "trials.png", "best_hyperparameters.json")
@@ -190,11 +189,7 @@ def check_out(path, *, recipe: str, overwrite: bool = False, resume: bool = Fals
     if not overwrite:
         what = "a finished run" if finished else "an unfinished run (use --resume to continue it)"
         raise RunError(f"{p} already holds {what}; pass --overwrite to replace it, or choose another --out")
-    others = foreign_entries(p, owned_files(marker.get("recipe")))
-    if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise RunError(f"--overwrite {p}: it also holds files kcnn did not write ({shown}); kcnn deletes only its "
-                       "own: move them out, or choose another --out")
+    check_only_own(p, owned_files(marker.get("recipe")), error=RunError)
     return "overwrite"
 
 
@@ -218,6 +213,9 @@ class CheckpointEvery:
     seconds: float | None = None
 
     UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+    def __post_init__(self):
+        self.start()
 
     @classmethod
     def parse(cls, value) -> "CheckpointEvery":
@@ -247,11 +245,10 @@ class CheckpointEvery:
     def due(self, step: int) -> bool:
         """Whether a checkpoint is due after ``step`` steps of the current epoch."""
         if self.steps is not None:
-            return step - getattr(self, "_last_step", 0) >= self.steps
+            return step - self._last_step >= self.steps
         if self.seconds is not None:
-            return time.perf_counter() - getattr(self, "_since", time.perf_counter()) >= self.seconds
+            return time.perf_counter() - self._since >= self.seconds
         return False
-
 
 
 # --- the run folder ------------------------------------------------------------------------------------------------

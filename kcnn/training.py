@@ -37,29 +37,17 @@ def _determinism():
     return _compat.tf_op_determinism()
 
 
-class Seeded:
+class Seeded(perf.ScopedChange):
     """What `set_seed` changed beyond the seeds, and how to put it back: TensorFlow's op determinism.
 
     ``with`` it (or call `restore`) to have the determinism flag the process had before `set_seed`; the seeds
-    stay as set (seeding is what the caller asked for). Restoring twice is harmless.
+    stay as set (seeding is what the caller asked for). Restoring twice is harmless. ``before`` None: `set_seed`
+    did not touch the flag.
     """
 
-    def __init__(self, determinism_before: bool | None):
-        self._before = determinism_before  # None: set_seed did not touch the flag
-
-    def restore(self) -> None:
-        if self._before is None:
-            return
+    def put_back(self, before: bool) -> None:
         switch = _determinism()
-        (switch.enable_op_determinism if self._before else switch.disable_op_determinism)()
-        self._before = None
-
-    def __enter__(self) -> "Seeded":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.restore()
-        return False
+        (switch.enable_op_determinism if before else switch.disable_op_determinism)()
 
 
 def set_seed(seed: int, deterministic: bool = True) -> Seeded:

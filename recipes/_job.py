@@ -76,12 +76,15 @@ def execute(job: Job) -> int:
     try:
         with _cli.keras_policy(job.config.get("precision", "float32")), _signals.terminate_as_interrupt():
             return _execute(job, opened)
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (a `_signals.Terminated`)
-        if opened:
-            raise _signals.again(err, f"interrupted; the last finished epoch is saved: continue with the same "
-                                      f"command plus --resume --out {opened[0]}") from None
-        raise _signals.again(err, "interrupted before the run folder was opened; nothing was written to --out: "
-                                  "run the same command again") from None
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (a `_signals.Terminated`): raised again, with where
+        terminated = isinstance(err, _signals.Terminated)  # the run stands
+        kind = _signals.Terminated if terminated else KeyboardInterrupt
+        if opened:  # SIGTERM: training saved the very step it was at (kcnn.training.fit_run)
+            saved = "the run is saved where it stopped" if terminated else "the last finished epoch is saved"
+            raise kind(f"{_signals.what(err)}; {saved}: continue with the same command plus --resume --out "
+                       f"{opened[0]}") from None
+        raise kind(f"{_signals.what(err)} before the run folder was opened; nothing was written to --out: run the "
+                   "same command again") from None
 
 
 def _execute(job: Job, opened: list) -> int:

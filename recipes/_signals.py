@@ -70,9 +70,6 @@ def exit_code(err: KeyboardInterrupt) -> int:
     return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
 
 
-def again(err: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
-    """An exception of ``err``'s kind (Ctrl-C or SIGTERM) carrying ``message``, naming the signal for SIGTERM."""
-    if isinstance(err, Terminated):  # training saved the very step it was at (kcnn.training.fit_run)
-        message = message.replace("interrupted", "terminated (SIGTERM)", 1)
-        return Terminated(message.replace("the last finished epoch is saved", "the run is saved where it stopped"))
-    return KeyboardInterrupt(message)
+def what(err: KeyboardInterrupt) -> str:
+    """How a message names the stop: "terminated (SIGTERM)" or "interrupted" (Ctrl-C)."""
+    return "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"

@@ -158,9 +158,9 @@ def check(cfg: FinetuneConfig) -> None:
 
 def is_rule(schedule) -> bool:
     """Whether --schedule names a rule of `kcnn.transfer.RULES` (computed from the training set's size)."""
-    from kcnn.transfer.rules import RULES
+    from kcnn.transfer.rules import rule_name
 
-    return isinstance(schedule, str) and schedule.lower().replace("_", "-") in RULES
+    return isinstance(schedule, str) and rule_name(schedule) is not None
 
 
 def _named_or_file(name):

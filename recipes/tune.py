@@ -186,11 +186,8 @@ def prepare_out(out: Path, ident: dict, overwrite: bool, worker: bool) -> bool:
         if contents and not runs.holds_kcnn_run(out):  # kcnn deletes only what kcnn made: a folder with its marker
             raise _cli.UsageError(f"--out {out} is a folder kcnn did not make (no {runs.MARKER}); kcnn never "
                                   "replaces it, even with --overwrite: choose an empty or new folder")
-        others = runs.foreign_entries(out, runs.TUNE_FILES) if contents else []
-        if others:
-            raise _cli.UsageError(f"--overwrite {out}: it also holds files kcnn did not write "
-                                  f"({', '.join(others[:5])}); kcnn deletes only its own: move them out, or "
-                                  "choose another --out")
+        if contents:
+            runs.check_only_own(out, runs.TUNE_FILES, error=_cli.UsageError)
         return False
     if not contents:
         return False
@@ -293,8 +290,7 @@ def _search(cfg: TuneConfig, out: Path, ident: dict, worker: bool, resuming: boo
     except RuntimeError as err:  # keras-tuner: too many failed trials in a row
         stopped = " ".join(str(err).split())[:300]
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM
-        what = "terminated (SIGTERM)" if isinstance(err, _signals.Terminated) else "interrupted"
-        print(f"error: {what}; finished trials are kept, rerun the same command to continue the search "
+        print(f"error: {_signals.what(err)}; finished trials are kept, rerun the same command to continue the search "
               f"in {out}", file=sys.stderr)
         return _signals.exit_code(err)
     if worker:

@@ -7,6 +7,8 @@ import pytest
 from kcnn import _compat
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+#: The project's own sources (the library and the recipes).
+SOURCES = sorted([*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")])
 
 
 def test_every_keras_application_module_kcnn_reads_is_there():
@@ -33,7 +35,7 @@ def test_a_moved_module_raises_compat_error_naming_the_package():
 
 def test_no_other_module_reaches_into_dependency_internals():
     offenders = []
-    for path in [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]:
+    for path in SOURCES:
         if path.name == "_compat.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
@@ -50,7 +52,7 @@ def test_no_other_module_reaches_into_dependency_internals():
 
 def test_no_private_name_is_imported_from_another_package_of_the_project():
     """`from kcnn.x import _y` (or `x._y`) across packages couples modules to each other's insides."""
-    files = [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]
+    files = SOURCES
     modules = {}
     for p in files:
         parts = list(p.relative_to(ROOT).with_suffix("").parts)
@@ -95,7 +97,7 @@ PRIVATE_ATTRIBUTES = {"_nodes_by_depth", "_keras_history", "_functional", "_var_
 
 def test_private_attributes_of_dependencies_are_read_only_through_compat():
     offenders = []
-    for path in [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]:
+    for path in SOURCES:
         if path.name == "_compat.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
@@ -104,8 +106,7 @@ def test_private_attributes_of_dependencies_are_read_only_through_compat():
             if name in PRIVATE_ATTRIBUTES:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
     assert offenders == []
-    assert "unittest" not in "".join(p.read_text() for p in ROOT.joinpath("kcnn").rglob("*.py")) + \
-        "".join(p.read_text() for p in ROOT.joinpath("recipes").rglob("*.py"))
+    assert "unittest" not in "".join(p.read_text() for p in SOURCES)
 
 
 def test_the_keras_graph_accessors_see_a_functional_model():
@@ -133,11 +134,11 @@ def test_no_private_name_is_imported_from_another_module():
     """A leading underscore means 'used only in this module': `from kcnn.x import _y` anywhere else is refused.
     Package-private modules (``kcnn._compat``, ``recipes._cli``, ...) are modules, not names, and may be imported."""
     modules = set()
-    for p in [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]:
+    for p in SOURCES:
         parts = list(p.relative_to(ROOT).with_suffix("").parts)
         modules.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     found = []
-    for path in [*ROOT.joinpath("kcnn").rglob("*.py"), *ROOT.joinpath("recipes").rglob("*.py")]:
+    for path in SOURCES:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("kcnn", "recipes"):
                 found += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names

@@ -184,7 +184,6 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
         >>> history.epochs[-1]["val_accuracy"]
     """
     initial_epoch = check_initial_epoch(initial_epoch)
-    resume_step = int(resume_step or 0)
     if isinstance(validation_freq, bool) or not isinstance(validation_freq, (int, np.integer)) \
             or validation_freq < 1:
         raise ValueError(f"`validation_freq` must be an int >= 1. Received: validation_freq={validation_freq!r}")
@@ -269,10 +268,12 @@ def fit_schedule(model: keras.Model, backbone: Backbone, schedule, train_ds, val
                 for a, b in segments:
                     # keyed data: epochs a..b-1 back to back, each exactly data.steps batches
                     validated = [e for e in range(a + 1, b + 1) if e in validate_at]
-                    # inside an epoch: a checkpoint written by on_step; the epoch goes on at its next batch
-                    skip = run.resume_step if (a == first and b == a + 1 and data.keyed) else 0
+                    # one keyed epoch per fit: checkpoints inside it (on_step), and a resume inside it goes on
+                    # at its next batch
+                    one_epoch = b == a + 1 and data.keyed
+                    skip = run.resume_step if one_epoch and a == first else 0
                     hooks = [_StepHook(on_step, runner, optimizer, number, a, skip, data.steps)] \
-                        if on_step is not None and b == a + 1 and data.keyed else []
+                        if on_step is not None and one_epoch else []
                     ds = epochs_data(a, b)
                     if skip:
                         _build_metrics(runner, ds)

@@ -119,13 +119,19 @@ def keras_guide_schedule(train_examples: int, batch_size: int) -> Schedule:
 RULES = dict(zip(SCHEDULE_RULES, (auto_schedule, fastai_schedule, bit_schedule, keras_guide_schedule)))
 
 
+def rule_name(name) -> str | None:
+    """The key of `RULES` that ``name`` spells (case and "_" / "-" alike), or None when it names no rule."""
+    key = str(name).lower().replace("_", "-")
+    return key if key in RULES else None
+
+
 def rule_schedule(name: str, train_examples: int, batch_size: int) -> Schedule:
     """The schedule rule ``name`` (a key of `RULES`; "_" and "-" alike) applied to a training set.
 
     Raises:
         ValueError: an unknown rule, naming the known ones.
     """
-    key = str(name).lower().replace("_", "-")
-    if key not in RULES:
+    key = rule_name(name)
+    if key is None:
         raise ValueError(f"Unknown schedule rule {name!r}; rules: {', '.join(RULES)}")
     return RULES[key](int(train_examples), int(batch_size))
